@@ -1,0 +1,55 @@
+"""hf_scratch_gpt: a GPT-2 written from scratch that lives inside the Hugging Face ecosystem.
+
+Importing the package registers `ScratchGPTConfig` and the models with transformers' Auto classes.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .configuration_scratch_gpt import PRESETS, ScratchGPTConfig
+from .modeling_scratch_gpt import (
+    ScratchGPTForCausalLM,
+    ScratchGPTModel,
+    ScratchGPTPreTrainedModel,
+    causal_lm_loss,
+    perplexity,
+    shift_and_flatten,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register(ScratchGPTConfig.model_type, ScratchGPTConfig, exist_ok=True)
+AutoModel.register(ScratchGPTConfig, ScratchGPTModel, exist_ok=True)
+AutoModelForCausalLM.register(ScratchGPTConfig, ScratchGPTForCausalLM, exist_ok=True)
+# save_pretrained then writes `auto_map` and copies the configuration/modeling files, so the saved folder also
+# loads with trust_remote_code=True where this package is not installed.
+ScratchGPTConfig.register_for_auto_class()
+ScratchGPTModel.register_for_auto_class("AutoModel")
+ScratchGPTForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+
+def from_hf_gpt2(*args, **kwargs):
+    """See `hf_scratch_gpt.gpt2_weights.from_hf_gpt2`."""
+    from .gpt2_weights import from_hf_gpt2 as _from_hf_gpt2
+
+    return _from_hf_gpt2(*args, **kwargs)
+
+
+def to_hf_gpt2(*args, **kwargs):
+    """See `hf_scratch_gpt.gpt2_weights.to_hf_gpt2`."""
+    from .gpt2_weights import to_hf_gpt2 as _to_hf_gpt2
+
+    return _to_hf_gpt2(*args, **kwargs)
+
+
+__all__ = [
+    "PRESETS",
+    "ScratchGPTConfig",
+    "ScratchGPTForCausalLM",
+    "ScratchGPTModel",
+    "ScratchGPTPreTrainedModel",
+    "causal_lm_loss",
+    "from_hf_gpt2",
+    "perplexity",
+    "shift_and_flatten",
+    "to_hf_gpt2",
+]

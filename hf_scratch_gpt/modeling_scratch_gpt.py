@@ -1,0 +1,437 @@
+"""ScratchGPT: the GPT-2 architecture written from scratch as a transformers `PreTrainedModel`.
+
+Reads top to bottom: loss → attention → MLP → block → pre-trained base → model → causal LM.
+Module names match OpenAI's GPT-2 checkpoints and transformers' `GPT2LMHeadModel` (`transformer.wte`, `wpe`, `h`,
+`ln_1`, `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp.c_fc`, `mlp.c_proj`, `ln_f`), so importing weights is a name map
+plus one transpose (GPT-2 stores Conv1D weights as (in, out); we use `nn.Linear`, (out, in)).
+
+This file ships to the Hub as custom code: it imports only torch, transformers and its sibling configuration file.
+"""
+
+
+import math
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.utils import can_return_tuple, logging
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+from .configuration_scratch_gpt import ScratchGPTConfig
+
+logger = logging.get_logger(__name__)
+
+IGNORE_INDEX = -100
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The loss: shift → flatten → cross-entropy with -100 masking
+# ---------------------------------------------------------------------------------------------------------------------
+def shift_and_flatten(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pair the prediction at position t with the token at t+1 and flatten batch and time.
+
+    logits: (B, T, V), labels: (B, T) → (N, V) and (N,) with N = B * (T - 1).
+    """
+    shift_logits = logits[..., :-1, :]  # (B, T-1, V): position t predicts token t+1
+    shift_labels = labels[..., 1:]  # (B, T-1)
+    return shift_logits.reshape(-1, logits.size(-1)), shift_labels.reshape(-1)
+
+
+def causal_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over the positions whose (shifted) label is not -100.
+
+    - Computed in float32 even when the model runs in bf16/fp16.
+    - `num_items_in_batch` (what `Trainer` passes under gradient accumulation): the token losses are summed and
+      divided by that count, so accumulated micro-batches give the same loss as one large batch.
+    - When every label is -100 the loss is exactly 0.0 (and so are its gradients), never NaN: the sum over no
+      tokens is 0 and the divisor is clamped to at least 1.
+    """
+    flat_logits, flat_labels = shift_and_flatten(logits, labels)
+    summed = F.cross_entropy(
+        flat_logits.float(),
+        flat_labels.to(flat_logits.device),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
+    if num_items_in_batch is None:
+        num_items_in_batch = (flat_labels != IGNORE_INDEX).sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(summed.device)
+        return summed / num_items_in_batch.clamp(min=1)
+    return summed / max(int(num_items_in_batch), 1)
+
+
+def perplexity(loss: float | torch.Tensor) -> float:
+    """Perplexity = exp(mean NLL per token, in nats)."""
+    return math.exp(float(loss))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------------------------------------------------
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q·kᵀ·scale + mask)·v. query (B, nh, Tq, hs), key/value (B, nh, Tk, hs) → (B, Tq, nh, hs)."""
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, nh, Tq, Tk)
+    if attention_mask is not None:  # additive (B, 1, Tq, Tk): 0 where allowed, dtype-min where masked
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(value.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2)  # (B, Tq, nh, hs)
+    return attn_output, attn_weights
+
+
+class ScratchGPTAttention(nn.Module):
+    """Causal multi-head self-attention with one fused QKV projection."""
+
+    def __init__(self, config: ScratchGPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.attention_dropout = config.attn_pdrop
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q | k | v, heads contiguous inside each
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.writes_to_residual = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, seq_len, _ = hidden_states.shape
+        qkv = self.c_attn(hidden_states).view(batch, seq_len, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
+
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, nh, past + T, hs)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(batch, seq_len, -1)  # (B, T, C)
+        attn_output = self.resid_dropout(self.c_proj(attn_output))
+        return attn_output, attn_weights
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MLP and block
+# ---------------------------------------------------------------------------------------------------------------------
+# GPT-2's "gelu_new" is the tanh approximation; torch's fused kernel computes the same formula in one pass
+# instead of the six element-wise ops of the written-out version (equal to float32 rounding).
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu_new": partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+class ScratchGPTMLP(nn.Module):
+    def __init__(self, config: ScratchGPTConfig) -> None:
+        super().__init__()
+        inner = config.n_inner if config.n_inner is not None else 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, inner)
+        self.c_proj = nn.Linear(inner, config.n_embd)
+        self.c_proj.writes_to_residual = True
+        self.act = ACTIVATIONS[config.activation_function]
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
+
+
+class ScratchGPTBlock(GradientCheckpointingLayer):
+    """Pre-LayerNorm residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: ScratchGPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = ScratchGPTAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = ScratchGPTMLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        attn_output, _ = self.attn(
+            self.ln_1(hidden_states), attention_mask=attention_mask, past_key_values=past_key_values, **kwargs
+        )
+        hidden_states = residual + attn_output
+
+        residual = hidden_states
+        hidden_states = residual + self.mlp(self.ln_2(hidden_states))
+        return hidden_states
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pre-trained base, model, causal LM
+# ---------------------------------------------------------------------------------------------------------------------
+class ScratchGPTPreTrainedModel(PreTrainedModel):
+    config: ScratchGPTConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ScratchGPTBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {
+        "hidden_states": ScratchGPTBlock,
+        "attentions": OutputRecorder(ScratchGPTAttention, index=1),
+    }
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2's init: N(0, initializer_range) for weights and embeddings, zero biases, unit LayerNorms, and
+        N(0, initializer_range / sqrt(2 * n_layer)) for the projections that write into the residual stream."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if getattr(module, "writes_to_residual", False):
+                # Two residual additions per layer: keep the stream's variance independent of depth. Decided on
+                # the Linear itself because transformers skips parameter-less parents (attention, MLP) when
+                # initialising custom-code models.
+                std = std / math.sqrt(2 * self.config.n_layer)
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+def _check_inputs(
+    config: ScratchGPTConfig,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    past_length: int,
+) -> tuple[int, int]:
+    """Raise `ValueError` for inputs that would otherwise fail deep inside torch (or silently index garbage).
+
+    Returns (batch, seq_len) of the new tokens.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be 2-D (batch, seq_len), got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
+        batch, seq_len = input_ids.shape
+    else:
+        if inputs_embeds.dim() != 3 or inputs_embeds.size(-1) != config.n_embd:
+            raise ValueError(
+                f"inputs_embeds must be (batch, seq_len, {config.n_embd}), got shape {tuple(inputs_embeds.shape)}"
+            )
+        batch, seq_len = inputs_embeds.shape[:2]
+    if batch == 0 or seq_len == 0:
+        raise ValueError(f"empty input: batch size {batch}, sequence length {seq_len}; both must be >= 1")
+    if input_ids is not None:
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {config.vocab_size})")
+    total = past_length + seq_len
+    if total > config.n_positions:
+        raise ValueError(
+            f"sequence length {total} (cached {past_length} + new {seq_len}) exceeds the model's n_positions "
+            f"{config.n_positions}"
+        )
+    if attention_mask is not None and attention_mask.dim() == 2 and tuple(attention_mask.shape) != (batch, total):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, cached + new tokens) = "
+            f"{(batch, total)}"
+        )
+    if attention_mask is not None and attention_mask.dim() not in (2, 4):
+        raise ValueError(f"attention_mask must be 2-D (batch, length) or a prepared 4-D mask, got {attention_mask.dim()}-D")
+    return batch, seq_len
+
+
+class ScratchGPTModel(ScratchGPTPreTrainedModel):
+    """Embeddings → blocks → final LayerNorm; returns the last hidden state (and the cache)."""
+
+    def __init__(self, config: ScratchGPTConfig) -> None:
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([ScratchGPTBlock(config, layer_idx=i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
+        self.wte = new_embeddings
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        _check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
+
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)  # (B, T, C)
+        if position_ids is None:
+            position_ids = torch.arange(inputs_embeds.size(1), device=inputs_embeds.device).unsqueeze(0) + past_length
+        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
+
+        # None when the mask is plainly causal (sdpa then uses its is_causal kernel); 4-D additive/bool otherwise.
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        for block in self.h:
+            hidden_states = block(
+                hidden_states,
+                causal_mask,
+                past_key_values,
+                position_ids=position_ids,
+                **kwargs,
+            )
+        hidden_states = self.ln_f(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+        )
+
+
+class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
+    """ScratchGPTModel with a language-modelling head tied to the token embedding."""
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: ScratchGPTConfig) -> None:
+        super().__init__(config)
+        self.transformer = ScratchGPTModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Targets for the next-token loss, aligned with `input_ids` (the model shifts them). Positions set to
+            -100 are ignored. When every position is -100 the loss is 0.0.
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+            Number of unmasked target tokens across the whole (accumulated) batch; when given, the loss is the sum
+            of token losses divided by it. `Trainer` passes it under gradient accumulation.
+        """
+        if labels is not None:
+            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+                raise ValueError(f"labels must be an integer tensor of token ids, got dtype {labels.dtype}")
+            if reference is not None and labels.shape != reference.shape:
+                raise ValueError(
+                    f"labels shape {tuple(labels.shape)} does not match the input shape {tuple(reference.shape)}"
+                )
+        outputs: BaseModelOutputWithPast = self.transformer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)  # (B, T, V)
+
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels, num_items_in_batch, self.config.label_smoothing)
+
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = [
+    "ScratchGPTForCausalLM",
+    "ScratchGPTModel",
+    "ScratchGPTPreTrainedModel",
+    "causal_lm_loss",
+    "perplexity",
+    "shift_and_flatten",
+]

@@ -1,0 +1,66 @@
+import pytest
+
+from hf_scratch_gpt import PRESETS, ScratchGPTConfig, ScratchGPTForCausalLM
+
+OPENAI_SIZES = {"124M": (12, 12, 768), "355M": (24, 16, 1024), "774M": (36, 20, 1280), "1558M": (48, 25, 1600)}
+
+
+@pytest.mark.parametrize("name", sorted(OPENAI_SIZES))
+def test_openai_presets(name):
+    config = ScratchGPTConfig.from_preset(name)
+    assert (config.n_layer, config.n_head, config.n_embd) == OPENAI_SIZES[name]
+    assert (config.vocab_size, config.n_positions) == (50257, 1024)
+    assert (config.num_hidden_layers, config.num_attention_heads, config.hidden_size) == OPENAI_SIZES[name]
+    assert config.max_position_embeddings == 1024
+
+
+def test_124M_parameter_count():
+    """The 124M preset really has GPT-2 small's 124,439,808 parameters (tied head counted once)."""
+    import torch
+
+    with torch.device("meta"):
+        model = ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("124M"))
+    assert model.num_parameters() == 124_439_808
+
+
+def test_tiny_preset_and_overrides():
+    config = ScratchGPTConfig.from_preset("tiny", n_layer=3)
+    assert config.n_layer == 3 and config.n_embd == PRESETS["tiny"]["n_embd"]
+
+
+def test_attribute_map_sets_gpt2_fields():
+    config = ScratchGPTConfig(hidden_size=48, num_attention_heads=6, num_hidden_layers=2, max_position_embeddings=16)
+    assert (config.n_embd, config.n_head, config.n_layer, config.n_positions) == (48, 6, 2, 16)
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        ({"n_embd": 65, "n_head": 12}, "n_embd (65)"),
+        ({"n_layer": 0}, "n_layer"),
+        ({"n_head": -2}, "n_head"),
+        ({"vocab_size": 0}, "vocab_size"),
+        ({"n_positions": 2.5}, "n_positions"),
+        ({"n_inner": 0}, "n_inner"),
+        ({"attn_pdrop": 1.0}, "attn_pdrop"),
+        ({"resid_pdrop": -0.1}, "resid_pdrop"),
+        ({"layer_norm_epsilon": 0.0}, "layer_norm_epsilon"),
+        ({"activation_function": "swish"}, "activation_function"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+    ],
+)
+def test_invalid_values_raise_naming_the_field(overrides, named):
+    with pytest.raises(ValueError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        ScratchGPTConfig(**overrides)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        ScratchGPTConfig.from_preset("huge")
+
+
+def test_config_round_trip(tmp_path):
+    config = ScratchGPTConfig.from_preset("tiny", label_smoothing=0.05)
+    config.save_pretrained(tmp_path)
+    loaded = ScratchGPTConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()

@@ -1,0 +1,85 @@
+"""Weight exchange with GPT2LMHeadModel, Auto-class registration, save/load round trips."""
+
+import json
+
+import pytest
+import torch
+from conftest import random_gpt2
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+import hf_scratch_gpt
+from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTModel, from_hf_gpt2, to_hf_gpt2
+
+
+def test_round_trip_through_gpt2_is_exact(gpt2_pair):
+    gpt2, ours = gpt2_pair
+    back = to_hf_gpt2(ours)
+    assert isinstance(back, GPT2LMHeadModel)
+    original, returned = gpt2.state_dict(), back.state_dict()
+    for name, tensor in original.items():
+        assert torch.equal(returned[name], tensor), name
+    again = from_hf_gpt2(back)
+    for name, tensor in ours.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+
+
+def test_from_hf_gpt2_folder(tmp_path):
+    gpt2 = random_gpt2(seed=3)
+    gpt2.save_pretrained(tmp_path)
+    ours = from_hf_gpt2(tmp_path)
+    input_ids = torch.randint(0, gpt2.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids).logits, gpt2(input_ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_head_is_tied(gpt2_pair):
+    _, ours = gpt2_pair
+    assert ours.lm_head.weight.data_ptr() == ours.transformer.wte.weight.data_ptr()
+
+
+def test_from_hf_gpt2_refuses_unsupported_options():
+    config = GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, scale_attn_by_inverse_layer_idx=True)
+    with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
+        from_hf_gpt2(GPT2LMHeadModel(config))
+
+
+def test_auto_classes_build_the_model(tiny_config):
+    assert isinstance(AutoConfig.for_model("scratch_gpt"), ScratchGPTConfig)
+    assert isinstance(AutoModelForCausalLM.from_config(tiny_config), ScratchGPTForCausalLM)
+    assert isinstance(AutoModel.from_config(tiny_config), ScratchGPTModel)
+
+
+def test_save_pretrained_round_trip_is_exact(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json"} <= files
+    assert {"configuration_scratch_gpt.py", "modeling_scratch_gpt.py"} <= files  # custom code for the Hub
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "scratch_gpt"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_scratch_gpt.ScratchGPTForCausalLM"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(loaded) is ScratchGPTForCausalLM
+    for name, tensor in tiny_model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    input_ids = torch.randint(0, tiny_model.config.vocab_size, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids).logits, tiny_model(input_ids).logits, rtol=0, atol=0)
+
+
+def test_init_uses_scaled_residual_projection():
+    config = ScratchGPTConfig(vocab_size=64, n_positions=16, n_embd=256, n_layer=8, n_head=4)
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(config)
+    block = model.transformer.h[0]
+    std = config.initializer_range
+    assert block.attn.c_attn.weight.std().item() == pytest.approx(std, rel=0.05)
+    residual_std = std / (2 * config.n_layer) ** 0.5
+    assert block.attn.c_proj.weight.std().item() == pytest.approx(residual_std, rel=0.05)
+    assert block.mlp.c_proj.weight.std().item() == pytest.approx(residual_std, rel=0.05)
+    assert torch.count_nonzero(block.attn.c_attn.bias) == 0
+    assert torch.equal(block.ln_1.weight, torch.ones_like(block.ln_1.weight))
+
+
+def test_public_api():
+    for name in ("ScratchGPTConfig", "ScratchGPTForCausalLM", "from_hf_gpt2", "to_hf_gpt2"):
+        assert name in hf_scratch_gpt.__all__ and hasattr(hf_scratch_gpt, name)
