@@ -41,6 +41,13 @@ def to_hf_gpt2(*args, **kwargs):
     return _to_hf_gpt2(*args, **kwargs)
 
 
+def convert_openai_checkpoint(*args, **kwargs):
+    """See `hf_scratch_gpt.openai.convert.convert_openai_checkpoint` (imports TensorFlow only when called)."""
+    from .openai.convert import convert_openai_checkpoint as _convert_openai_checkpoint
+
+    return _convert_openai_checkpoint(*args, **kwargs)
+
+
 __all__ = [
     "PRESETS",
     "ScratchGPTConfig",
@@ -48,6 +55,7 @@ __all__ = [
     "ScratchGPTModel",
     "ScratchGPTPreTrainedModel",
     "causal_lm_loss",
+    "convert_openai_checkpoint",
     "from_hf_gpt2",
     "perplexity",
     "shift_and_flatten",
