@@ -1,0 +1,225 @@
+"""What both training paths (Trainer and the Accelerate loop) share: argument dataclasses (run_clm's shape),
+tokenizer / model / dataset construction, atomic checkpoint directories and the non-finite-loss error."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer, default_data_collator
+
+from ..configuration_scratch_gpt import PRESETS, ScratchGPTConfig
+from ..data import (
+    CompletionCollator,
+    build_lm_datasets,
+    iterate_texts,
+    load_documents,
+    split_train_validation,
+    tokenize_prompt_completion,
+    train_bpe_tokenizer,
+)
+from ..modeling_scratch_gpt import ScratchGPTForCausalLM
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")  # the same names transformers' Trainer uses
+STAGING_PREFIX = ".incomplete-"  # never matches CHECKPOINT_PATTERN, so a half-written checkpoint is never picked
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: a preset from scratch, or a saved/converted folder to fine-tune."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Folder of a saved or converted ScratchGPT to fine-tune. Unset: from scratch."}
+    )
+    preset: str = field(default="tiny", metadata={"help": f"Shape when training from scratch: {sorted(PRESETS)}."})
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "Override preset fields, e.g. 'n_embd=128,n_layer=4,n_positions=256'."}
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer folder. Unset: the model folder's, or a byte-level BPE trained on the train split."},
+    )
+    tokenizer_vocab_size: int = field(default=4096, metadata={"help": "Vocabulary size of a BPE trained here."})
+
+
+@dataclass
+class DataArguments:
+    """Which text, and how it becomes examples."""
+
+    dataset: str = field(
+        default="pydoc",
+        metadata={"help": "'pydoc' (embedded corpus), a .txt/.jsonl file, or a Hugging Face dataset name."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Config of a Hub dataset."})
+    text_column: str = field(default="text")
+    validation_fraction: float = field(default=0.05, metadata={"help": "Share of documents held out."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the train/validation split."})
+    block_size: int | None = field(
+        default=None, metadata={"help": "Tokens per training block (default: the model's n_positions)."}
+    )
+    prompt_column: str | None = field(
+        default=None,
+        metadata={"help": "Fine-tune on prompt/completion records: the prompt column (its tokens get label -100)."},
+    )
+    completion_column: str = field(default="completion")
+
+
+def parse_overrides(text: str | None) -> dict[str, Any]:
+    """'n_embd=128,n_layer=4,resid_pdrop=0.0' → {'n_embd': 128, 'n_layer': 4, 'resid_pdrop': 0.0}."""
+    overrides: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"config override {item!r} is not of the form key=value")
+        if key not in ScratchGPTConfig.__dataclass_fields__:
+            raise ValueError(f"config override {key!r} is not a ScratchGPTConfig field")
+        for convert in (int, float):
+            try:
+                overrides[key] = convert(value)
+                break
+            except ValueError:
+                continue
+        else:
+            overrides[key] = {"true": True, "false": False, "none": None}.get(value.lower(), value)
+    return overrides
+
+
+def build_tokenizer(model_args: ModelArguments, train_documents, text_column: str = "text"):
+    source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    if source is not None:
+        if not Path(source).is_dir():
+            raise FileNotFoundError(f"tokenizer folder {source!r} does not exist")
+        return AutoTokenizer.from_pretrained(source)
+    logger.info("training a byte-level BPE tokenizer (vocab %d) on the train split", model_args.tokenizer_vocab_size)
+    return train_bpe_tokenizer(iterate_texts(train_documents, text_column), vocab_size=model_args.tokenizer_vocab_size)
+
+
+def build_model(model_args: ModelArguments, tokenizer) -> ScratchGPTForCausalLM:
+    """From scratch: the preset with the tokenizer's vocabulary and special ids. Fine-tune: the saved folder."""
+    if model_args.model_name_or_path is not None:
+        if not Path(model_args.model_name_or_path).is_dir():
+            raise FileNotFoundError(f"model folder {model_args.model_name_or_path!r} does not exist")
+        model = ScratchGPTForCausalLM.from_pretrained(model_args.model_name_or_path, use_safetensors=True)
+    else:
+        overrides = {
+            "vocab_size": len(tokenizer),
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            **parse_overrides(model_args.config_overrides),
+        }
+        model = ScratchGPTForCausalLM(ScratchGPTConfig.from_preset(model_args.preset, **overrides))
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
+        )
+    return model
+
+
+def build_datasets(data_args: DataArguments, tokenizer, model, documents) -> tuple[Any, Any, Any]:
+    """(train, validation, collator): token blocks for language modelling, or padded prompt/completion pairs."""
+    block_size = data_args.block_size or model.config.n_positions
+    if block_size > model.config.n_positions:
+        raise ValueError(f"block_size {block_size} exceeds the model's n_positions {model.config.n_positions}")
+    if data_args.prompt_column is None:
+        blocks = build_lm_datasets(documents, tokenizer, block_size, text_column=data_args.text_column)
+        return blocks["train"], blocks["validation"], default_data_collator
+    for column in (data_args.prompt_column, data_args.completion_column):
+        if column not in documents["train"].column_names:
+            raise ValueError(f"the dataset has no column {column!r}; its columns are {documents['train'].column_names}")
+    pairs = documents.map(
+        tokenize_prompt_completion,
+        batched=True,
+        remove_columns=documents["train"].column_names,
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "max_length": block_size,
+            "prompt_column": data_args.prompt_column,
+            "completion_column": data_args.completion_column,
+        },
+        desc="Tokenizing prompt/completion pairs",
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token to pad with")
+    return pairs["train"], pairs["validation"], CompletionCollator(pad_token_id=pad_id)
+
+
+def load_and_split(data_args: DataArguments):
+    documents = load_documents(data_args.dataset, data_args.text_column, data_args.dataset_config_name)
+    return split_train_validation(documents, data_args.validation_fraction, data_args.split_seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; raised before the optimizer applies the bad update."""
+
+
+def non_finite_message(loss: float, step: int, output_dir: str | os.PathLike) -> str:
+    last = last_checkpoint(output_dir)
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
+    return (
+        f"training stopped: the loss became {loss} at step {step}; the update was not applied and {kept}. "
+        "Lower the learning rate, enable gradient clipping or check the data, then resume."
+    )
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The complete `checkpoint-N` folder with the largest N (staging folders never match), or None."""
+    if not Path(output_dir).is_dir():
+        return None
+    steps = [
+        (int(match.group(1)), entry.name)
+        for entry in Path(output_dir).iterdir()
+        if entry.is_dir() and (match := CHECKPOINT_PATTERN.match(entry.name))
+    ]
+    return str(Path(output_dir) / max(steps)[1]) if steps else None
+
+
+def resolve_resume(resume: str | bool | None, output_dir: str | os.PathLike) -> str | None:
+    """None/False/'' → None; True/'last'/'true' → the last complete checkpoint (None when there is none); else a path."""
+    if resume in (None, False, ""):
+        return None
+    if resume is True or str(resume).lower() in ("last", "true"):
+        found = last_checkpoint(output_dir)
+        if found is None:
+            logger.warning("no complete checkpoint in %s; starting from scratch", output_dir)
+        return found
+    if not Path(resume).is_dir():
+        raise FileNotFoundError(f"checkpoint {resume!r} does not exist")
+    return str(resume)
+
+
+def remove_stale_staging(output_dir: str | os.PathLike) -> None:
+    """Delete staging folders left by a run that was killed while saving (they were never complete)."""
+    if Path(output_dir).is_dir():
+        for entry in Path(output_dir).iterdir():
+            if entry.is_dir() and entry.name.startswith(STAGING_PREFIX):
+                logger.warning("removing incomplete checkpoint %s left by an interrupted save", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def publish_directory(staging: Path, final: Path) -> None:
+    """Move a completely written folder to its final name in one rename (atomic on one filesystem)."""
+    if final.exists():  # saving the same step again: move the old one aside first, then swap
+        retired = final.with_name(f"{STAGING_PREFIX}retired-{final.name}")
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # make the rename itself durable
+    finally:
+        os.close(fd)

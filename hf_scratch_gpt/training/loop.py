@@ -1,0 +1,270 @@
+"""`hf-scratch-gpt train --loop accelerate`: an explicit training loop you can read and change.
+
+One optimizer step:  for each micro-batch: forward → loss → backward;  then clip → optimizer step →
+scheduler step → zero grad.  Every `eval_steps`: token-weighted validation loss and perplexity.
+
+Runs in one process, or in several under `torchrun --nproc_per_node N` / `accelerate launch` (DDP; gloo on CPU,
+NCCL on GPUs; FSDP through an accelerate config, see `examples/accelerate_fsdp.yaml`).
+
+The loss is exact for any number of processes and accumulation steps: the global batch of
+`global_batch_size` examples is split across processes (`split_batches=True`) and into `gradient_accumulation_steps`
+micro-batches; each micro-batch's summed token loss is divided by the number of target tokens in the WHOLE global
+batch (`num_items_in_batch`, counted across processes), and multiplied by the number of processes because DDP
+averages gradients. So 2 processes × 2 examples give the same step as 1 process × 4 examples.
+
+Checkpoints (`checkpoint-N`) are written into a staging folder and renamed when complete; model weights are
+safetensors. A NaN/inf loss stops the run before the bad update, naming the step and the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+from contextlib import nullcontext
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser, get_scheduler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..evaluation import score_logits
+from .components import (
+    STAGING_PREFIX,
+    DataArguments,
+    ModelArguments,
+    NonFiniteLossError,
+    build_datasets,
+    build_model,
+    build_tokenizer,
+    load_and_split,
+    non_finite_message,
+    publish_directory,
+    remove_stale_staging,
+    resolve_resume,
+)
+from .plots import plot_loss_curves
+
+logger = logging.getLogger(__name__)
+LOOP_STATE_NAME = "loop_state.json"
+
+
+@dataclass
+class LoopArguments:
+    output_dir: str = field(metadata={"help": "Where checkpoints, the final model, metrics.json and loss.png go."})
+    max_steps: int = field(default=200, metadata={"help": "Optimizer steps."})
+    global_batch_size: int = field(
+        default=16, metadata={"help": "Examples per optimizer step, over all processes and accumulation steps."}
+    )
+    gradient_accumulation_steps: int = field(default=1)
+    per_device_eval_batch_size: int = field(default=16)
+    learning_rate: float = field(default=1e-3)
+    weight_decay: float = field(default=0.1)
+    adam_beta2: float = field(default=0.95)
+    lr_scheduler_type: str = field(default="cosine")
+    warmup_steps: int = field(default=0)
+    max_grad_norm: float = field(default=1.0)
+    logging_steps: int = field(default=10)
+    eval_steps: int = field(default=50)
+    save_steps: int = field(default=100)
+    seed: int = field(default=0)
+    mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate autocast)."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'last' or a checkpoint folder."})
+    disable_tqdm: bool = field(default=False)
+
+
+def _micro_batches(batch: dict[str, torch.Tensor], count: int) -> list[dict[str, torch.Tensor]]:
+    size = next(iter(batch.values())).size(0)
+    if size % count:
+        raise ValueError(f"this process's batch of {size} does not split into {count} accumulation micro-batches")
+    return [{key: value.chunk(count)[i] for key, value in batch.items()} for i in range(count)]
+
+
+@torch.no_grad()
+def evaluate_loss(model, dataloader, accelerator: Accelerator) -> dict[str, float]:
+    """Token-weighted validation loss (Σ NLL / Σ scored tokens over all processes) and its perplexity."""
+    model.eval()
+    nll_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    for batch in dataloader:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+        example_nll, example_tokens, _ = score_logits(logits, batch["labels"])
+        # gather_for_metrics drops the examples duplicated to even out the last batch across processes
+        example_nll, example_tokens = accelerator.gather_for_metrics((example_nll.double(), example_tokens))
+        nll_sum += example_nll.sum()
+        tokens += example_tokens.sum()
+    model.train()
+    loss = (nll_sum / tokens.clamp(min=1)).item()
+    return {"eval_loss": loss, "eval_perplexity": math.exp(loss), "eval_tokens": int(tokens.item())}
+
+
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loop_state: dict) -> Path:
+    """Every process writes into a staging folder; the main process renames it to `checkpoint-N` once complete."""
+    name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
+    staging = output_dir / f"{STAGING_PREFIX}{name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging), safe_serialization=True)  # model.safetensors, optimizer, RNG per process
+    if accelerator.is_main_process:
+        (staging / LOOP_STATE_NAME).write_text(json.dumps(loop_state, indent=2), encoding="utf-8")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        publish_directory(staging, output_dir / name)
+    accelerator.wait_for_everyone()
+    return output_dir / name
+
+
+def train_with_accelerate(
+    model_args: ModelArguments, data_args: DataArguments, loop_args: LoopArguments
+) -> dict[str, Any]:
+    accelerator = Accelerator(
+        gradient_accumulation_steps=1,  # accumulation is done by hand below, to keep the token count exact
+        mixed_precision=loop_args.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
+    )
+    set_seed(loop_args.seed)
+    output_dir = Path(loop_args.output_dir)
+    processes = accelerator.num_processes
+    accumulation = loop_args.gradient_accumulation_steps
+    if loop_args.global_batch_size % (processes * accumulation):
+        raise ValueError(
+            f"global_batch_size {loop_args.global_batch_size} must be divisible by processes ({processes}) × "
+            f"gradient_accumulation_steps ({accumulation})"
+        )
+
+    with accelerator.main_process_first():  # one process fills the datasets cache, the others read it
+        documents = load_and_split(data_args)
+        tokenizer = build_tokenizer(model_args, documents["train"], data_args.text_column)
+        model = build_model(model_args, tokenizer)
+        train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, model, documents)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(output_dir)
+
+    generator = torch.Generator().manual_seed(loop_args.seed)
+    train_loader = DataLoader(
+        train_dataset, batch_size=loop_args.global_batch_size, shuffle=True, drop_last=True,
+        collate_fn=collator, generator=generator,
+    )  # fmt: skip
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"the training split has {len(train_dataset)} examples, fewer than global_batch_size "
+            f"{loop_args.global_batch_size}"
+        )
+    eval_loader = DataLoader(eval_dataset, batch_size=loop_args.per_device_eval_batch_size, collate_fn=collator)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]  # no weight decay on biases and LayerNorms
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": loop_args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=loop_args.learning_rate,
+        betas=(0.9, loop_args.adam_beta2),
+    )
+    scheduler = get_scheduler(loop_args.lr_scheduler_type, optimizer, loop_args.warmup_steps, loop_args.max_steps)
+    # The scheduler is not prepared (a prepared one may step once per process); it is checkpointed explicitly.
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step, tokens_seen, history = 0, 0, []
+    resume = resolve_resume(loop_args.resume_from_checkpoint, output_dir)
+    if resume is not None:
+        accelerator.load_state(resume)
+        loop_state = json.loads((Path(resume) / LOOP_STATE_NAME).read_text(encoding="utf-8"))
+        step, tokens_seen, history = loop_state["step"], loop_state["tokens_seen"], loop_state["history"]
+        logger.info("resumed from %s at step %d", resume, step)
+
+    steps_per_epoch = len(train_loader)
+    progress = tqdm(
+        total=loop_args.max_steps, initial=step, desc="training",
+        disable=loop_args.disable_tqdm or not accelerator.is_local_main_process,
+    )  # fmt: skip
+    model.train()
+    while step < loop_args.max_steps:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        train_loader.set_epoch(epoch)  # a new, seeded shuffle each epoch, identical on every process
+        loader = accelerator.skip_first_batches(train_loader, done_in_epoch) if done_in_epoch else train_loader
+        for batch in loader:
+            micro_batches = _micro_batches(batch, accumulation)
+            # Target tokens of the whole global batch: what every token loss is divided by.
+            local_targets = sum((mb["labels"][:, 1:] != -100).sum() for mb in micro_batches)
+            global_targets = accelerator.reduce(local_targets, reduction="sum")
+            step_loss = torch.zeros((), device=accelerator.device)
+            for index, micro_batch in enumerate(micro_batches):
+                last = index == accumulation - 1
+                with nullcontext() if last else accelerator.no_sync(model):  # all-reduce once per step
+                    with accelerator.autocast():
+                        loss = model(**micro_batch, num_items_in_batch=global_targets).loss  # forward → loss
+                    accelerator.backward(loss * processes)  # backward (DDP averages over processes)
+                step_loss += loss.detach()
+            step_loss = accelerator.reduce(step_loss, reduction="sum")  # the global batch's mean token loss
+            if not torch.isfinite(step_loss):
+                optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLossError(non_finite_message(step_loss.item(), step + 1, output_dir))
+            if loop_args.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), loop_args.max_grad_norm)  # clip
+            optimizer.step()  # optimizer step
+            scheduler.step()  # scheduler step
+            optimizer.zero_grad(set_to_none=True)  # zero grad
+            step += 1
+            local_tokens = torch.tensor(batch["input_ids"].numel(), device=accelerator.device)
+            tokens_seen += int(accelerator.reduce(local_tokens, reduction="sum"))
+            progress.update(1)
+
+            if step % loop_args.logging_steps == 0 or step == loop_args.max_steps:
+                history.append({"step": step, "tokens": tokens_seen, "loss": step_loss.item(),
+                                "learning_rate": scheduler.get_last_lr()[0]})  # fmt: skip
+                progress.set_postfix(loss=f"{step_loss.item():.4f}")
+            if step % loop_args.eval_steps == 0 or step == loop_args.max_steps:
+                metrics = evaluate_loss(model, eval_loader, accelerator)
+                history.append({"step": step, "tokens": tokens_seen, **metrics})
+                logger.info("step %d: %s", step, metrics)
+            if step % loop_args.save_steps == 0:
+                loop_state = {"step": step, "tokens_seen": tokens_seen, "history": history}
+                _save_checkpoint(accelerator, output_dir, step, loop_state)
+            if step >= loop_args.max_steps:
+                break
+    progress.close()
+
+    final = evaluate_loss(model, eval_loader, accelerator)
+    accelerator.wait_for_everyone()
+    result: dict[str, Any] = {
+        "global_step": step,
+        "tokens_seen": tokens_seen,
+        "train_loss": next((row["loss"] for row in reversed(history) if "loss" in row), float("nan")),
+        **final,
+        "processes": processes,
+        "resumed_from": resume,
+        "model_dir": str(output_dir),
+    }
+    unwrapped = accelerator.unwrap_model(model)
+    state_dict = accelerator.get_state_dict(model)  # full weights on the main process, also under FSDP
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(output_dir, state_dict=state_dict)
+        tokenizer.save_pretrained(output_dir)
+        result["plot"] = str(plot_loss_curves(history, output_dir / "loss.png", title="ScratchGPT (Accelerate loop)"))
+        result["metrics_file"] = str(output_dir / "metrics.json")
+        record = {**result, "arguments": {**asdict(model_args), **asdict(data_args), **asdict(loop_args)}}
+        (output_dir / "metrics.json").write_text(json.dumps({**record, "history": history}, indent=2), encoding="utf-8")
+    accelerator.wait_for_everyone()
+    return result
+
+
+def parse_loop_arguments(argv: Sequence[str]) -> tuple[ModelArguments, DataArguments, LoopArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, LoopArguments))
+    return parser.parse_args_into_dataclasses(args=list(argv))
+
+
+def loop_from_argv(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return train_with_accelerate(*parse_loop_arguments(sys.argv[1:] if argv is None else argv))
+
+
+__all__ = ["LoopArguments", "evaluate_loss", "loop_from_argv", "parse_loop_arguments", "train_with_accelerate"]

@@ -1,0 +1,245 @@
+"""`hf-scratch-gpt train`: transformers' `Trainer` with `HfArgumentParser` (the shape of the `run_clm` example).
+
+What `ScratchGPTTrainer` adds to `Trainer`, and why:
+- Label smoothing. `Trainer` applies `label_smoothing_factor` with shifted labels only to the model classes in
+  transformers' own causal-LM table; for this model it would smooth against UNSHIFTED labels (every prediction
+  scored against its own input token). So the factor is moved into `config.label_smoothing`, which the model's
+  loss applies to the correctly shifted targets, and `Trainer`'s label smoother is switched off.
+- Gradient accumulation. `Trainer` 5.23 counts `num_items_in_batch` over `labels[..., 1:]` for models whose
+  `loss_type` is `ForCausalLM` (ours is), i.e. exactly the targets our loss scores; the model divides its summed
+  token losses by that count, so k micro-batches give the loss and gradients of the one large batch.
+- NaN/inf loss. Checked on every micro-batch before the optimizer step; training stops with `NonFiniteLossError`
+  naming the step, and no checkpoint is written from the bad state. (A `TrainerCallback` cannot do this: callbacks
+  never see the per-step loss, only logged averages, after the bad update has been applied.)
+- Atomic checkpoints. Each checkpoint is written into a staging folder and renamed to `checkpoint-N` when complete,
+  so a run killed while saving never leaves a half-written `checkpoint-N` for `resume_from_checkpoint` to pick.
+- Metrics: `preprocess_logits_for_metrics` reduces each batch's logits to per-example NLL sums, scored counts and
+  argmax ids (full logits are never gathered); `compute_metrics` turns them into `perplexity` (token-weighted) and
+  next-token `accuracy` through the package's `evaluate` modules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from ..evaluation import load_metric, score_logits
+from .components import (
+    STAGING_PREFIX,
+    DataArguments,
+    ModelArguments,
+    NonFiniteLossError,
+    build_datasets,
+    build_model,
+    build_tokenizer,
+    load_and_split,
+    non_finite_message,
+    publish_directory,
+    remove_stale_staging,
+    resolve_resume,
+)
+from .plots import plot_loss_curves
+
+logger = logging.getLogger(__name__)
+
+
+class ScratchGPTTrainer(Trainer):
+    """`Trainer` made exact for ScratchGPT (see the module docstring)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._staging_root: str | None = None
+        factor = self.args.label_smoothing_factor
+        if factor:
+            config = self.accelerator.unwrap_model(self.model).config
+            if config.label_smoothing and config.label_smoothing != factor:
+                raise ValueError(
+                    f"label_smoothing_factor {factor} conflicts with the model's config.label_smoothing "
+                    f"{config.label_smoothing}; set one of them"
+                )
+            config.label_smoothing = factor  # the model smooths against the shifted targets
+            self.label_smoother = None  # Trainer's would smooth against unshifted labels for this class
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(non_finite_message(loss.item(), self.state.global_step + 1, self.args.output_dir))
+        return loss
+
+    def _get_output_dir(self, trial) -> str:
+        # While a checkpoint is being saved, Trainer writes `<this>/checkpoint-N`: point it at the staging folder.
+        return self._staging_root if self._staging_root is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = run_dir / f"{STAGING_PREFIX}{name}"
+        self._staging_root = str(staging_root)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_root = None
+        self.accelerator.wait_for_everyone()  # every process has written its part (e.g. its RNG state)
+        if self.args.should_save:
+            publish_directory(staging_root / name, run_dir / name)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            best = self.state.best_global_step
+            if best and (run_dir / f"{PREFIX_CHECKPOINT_DIR}-{best}").exists():
+                self.state.best_model_checkpoint = str(run_dir / f"{PREFIX_CHECKPOINT_DIR}-{best}")
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
+        self.accelerator.wait_for_everyone()
+
+
+class LossHistoryCallback(TrainerCallback):
+    """Keeps every logged `loss` / `eval_*` with its step and the number of tokens seen (for the plot)."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        record = {key: value for key, value in logs.items() if key == "loss" or key.startswith("eval_")}
+        if record and state.is_world_process_zero:
+            self.history.append({"step": state.global_step, "tokens": int(state.num_input_tokens_seen), **record})
+
+
+def preprocess_logits_for_metrics(logits: torch.Tensor | tuple, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B, T, V) logits → (argmax ids (B, T-1), NLL sums (B,), scored counts (B,)): small enough to gather."""
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    nll_sum, counts, _ = score_logits(logits, labels)
+    return logits[:, :-1, :].argmax(dim=-1), nll_sum.double(), counts
+
+
+def build_compute_metrics():
+    """`compute_metrics` for `Trainer`: eval `perplexity` (token-weighted) and next-token `accuracy`."""
+    perplexity_metric = load_metric("perplexity")
+    accuracy_metric = load_metric("accuracy")
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        predicted_ids, nll_sums, counts = eval_prediction.predictions
+        shifted_labels = np.asarray(eval_prediction.label_ids)[:, 1:]  # the targets the predictions are for
+        mask = shifted_labels != -100
+        nll = perplexity_metric.compute(nll_sum=nll_sums.tolist(), num_tokens=counts.tolist())
+        accuracy = accuracy_metric.compute(
+            predictions=predicted_ids[:, : shifted_labels.shape[1]][mask].tolist(),
+            references=shifted_labels[mask].tolist(),
+        )
+        return {"perplexity": nll["perplexity"], "nll": nll["loss"], "accuracy": accuracy["accuracy"]}
+
+    return compute_metrics
+
+
+def train_with_trainer(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict[str, Any]:
+    """Train (from a preset or a saved folder), evaluate, save model + tokenizer, `metrics.json` and the loss plot.
+
+    Returns the final metrics plus `model_dir`, `plot` and `metrics_file` paths.
+    """
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+    if training_args.include_num_input_tokens_seen == "no":
+        # Tokens seen are the x axis of the second loss plot. Blocks have no padding; pairs count real tokens only.
+        training_args.include_num_input_tokens_seen = "all" if data_args.prompt_column is None else "non_padding"
+    # Non-finite losses must reach the check in `training_step`, not be hidden by averaging in the logs.
+    training_args.logging_nan_inf_filter = False
+
+    documents = load_and_split(data_args)
+    tokenizer = build_tokenizer(model_args, documents["train"], data_args.text_column)
+    model = build_model(model_args, tokenizer)
+    train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, model, documents)
+
+    history = LossHistoryCallback()
+    trainer = ScratchGPTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=build_compute_metrics(),
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        callbacks=[history, *callbacks],
+    )
+    if trainer.is_world_process_zero():
+        remove_stale_staging(output_dir)
+    resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    eval_metrics = trainer.evaluate()
+    trainer.save_model(str(output_dir))  # weights (safetensors), config, model code and tokenizer
+
+    result: dict[str, Any] = {
+        "train_loss": train_result.training_loss,
+        "global_step": train_result.global_step,
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        **eval_metrics,
+        "resumed_from": resume,
+        "model_dir": str(output_dir),
+    }
+    if trainer.is_world_process_zero():
+        # After a resume, the callback only saw the new logs: rebuild the curve from the complete log history.
+        records = _history_from_log(trainer.state.log_history) or history.history
+        result["plot"] = str(plot_loss_curves(records, output_dir / "loss.png"))
+        result["metrics_file"] = str(output_dir / "metrics.json")
+        write_json({**result, "history": records}, output_dir / "metrics.json")
+    return result
+
+
+def _history_from_log(log_history: list[dict]) -> list[dict]:
+    rows = []
+    for entry in log_history:
+        record = {k: v for k, v in entry.items() if k == "loss" or (k.startswith("eval_") and k != "eval_runtime")}
+        if record and all(isinstance(v, (int, float)) and math.isfinite(v) for v in record.values()):
+            rows.append({"step": entry["step"], "tokens": int(entry.get("num_input_tokens_seen", 0)), **record})
+    return rows
+
+
+def write_json(data: dict, path: Path) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def parse_train_arguments(argv: Sequence[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Command-line flags (or one .json file) → the three dataclasses, as in run_clm."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=list(argv))
+
+
+def train_from_argv(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return train_with_trainer(*parse_train_arguments(sys.argv[1:] if argv is None else argv))
+
+
+__all__ = [
+    "LossHistoryCallback",
+    "ScratchGPTTrainer",
+    "build_compute_metrics",
+    "parse_train_arguments",
+    "preprocess_logits_for_metrics",
+    "train_from_argv",
+    "train_with_trainer",
+]
