@@ -11,6 +11,7 @@ from .modeling_scratch_gpt import (
     ScratchGPTModel,
     ScratchGPTPreTrainedModel,
     causal_lm_loss,
+    chunked_causal_lm_loss,
     perplexity,
     shift_and_flatten,
 )

@@ -52,6 +52,10 @@ class ScratchGPTConfig(PreTrainedConfig):
         initializer_range: standard deviation of the normal init; residual projections use
             `initializer_range / sqrt(2 * n_layer)` (GPT-2's scaled init).
         label_smoothing: label smoothing of the built-in loss (0.0 = plain cross-entropy).
+        loss_chunk_size: in training mode with `labels`, the loss is computed by the memory-lean fused
+            head + cross-entropy (`chunked_causal_lm_loss`), this many positions at a time, and `logits` is not
+            returned (None). 0 selects the explicit path (`causal_lm_loss` on full logits) everywhere. Both
+            paths agree to float32 rounding; eval mode always returns logits.
         tie_word_embeddings: output head shares the token embedding matrix.
     """
 
@@ -77,6 +81,7 @@ class ScratchGPTConfig(PreTrainedConfig):
     layer_norm_epsilon: float = 1e-5
     initializer_range: float = 0.02
     label_smoothing: float | int = 0.0
+    loss_chunk_size: int = 1024
     use_cache: bool = True
     bos_token_id: int | None = 50256
     eos_token_id: int | list[int] | None = 50256
@@ -110,6 +115,8 @@ class ScratchGPTConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"ScratchGPTConfig.{name} must be in [0, 1), got {value!r}")
+        if isinstance(self.loss_chunk_size, bool) or not isinstance(self.loss_chunk_size, int) or self.loss_chunk_size < 0:
+            raise ValueError(f"ScratchGPTConfig.loss_chunk_size must be an integer >= 0, got {self.loss_chunk_size!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"ScratchGPTConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not self.layer_norm_epsilon > 0:

@@ -77,6 +77,86 @@ def causal_lm_loss(
     return summed / max(int(num_items_in_batch), 1)
 
 
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(hidden_i @ weightᵀ, target_i), with the gradients computed chunk by chunk during the forward.
+
+    The (N, V) logits exist only one chunk at a time (float32); what is kept for backward is the gradient with
+    respect to `hidden` (N, C) and `weight` (V, C), scaled by the incoming gradient in `backward`.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, label_smoothing, chunk_size):
+        # hidden (N, C), weight (V, C), targets (N,) with no -100 left: the caller keeps only scored rows.
+        vocab_size = weight.size(0)
+        want_grad_hidden, want_grad_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if want_grad_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad_weight else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.size(0), chunk_size):
+            chunk = hidden[start : start + chunk_size]  # (n, C)
+            target = targets[start : start + chunk_size]  # (n,)
+            logits = (chunk @ weight.t()).float()  # (n, V); under autocast the matmul runs in bf16/fp16
+            log_normalizer = torch.logsumexp(logits, dim=-1)  # (n,)
+            token_loss = log_normalizer - logits.gather(1, target[:, None]).squeeze(1)
+            if label_smoothing:
+                # (1 - ε) · NLL + ε · mean over the vocabulary of -log p, as F.cross_entropy(label_smoothing=ε)
+                uniform_loss = log_normalizer - logits.mean(dim=-1)
+                token_loss = (1.0 - label_smoothing) * token_loss + label_smoothing * uniform_loss
+            total += token_loss.sum()
+            if not (want_grad_hidden or want_grad_weight):
+                continue
+            # d(token_loss)/d(logits) = softmax - (1 - ε) · one_hot - ε / V, built in place over the logits buffer.
+            grad_logits = logits.sub_(log_normalizer[:, None]).exp_()
+            rows = torch.arange(grad_logits.size(0), device=grad_logits.device)
+            grad_logits[rows, target] -= 1.0 - label_smoothing
+            if label_smoothing:
+                grad_logits -= label_smoothing / vocab_size
+            if want_grad_hidden:
+                grad_hidden[start : start + chunk_size] = grad_logits @ weight.to(grad_logits.dtype)
+            if want_grad_weight:
+                grad_weight += grad_logits.t() @ chunk.to(grad_logits.dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
+def chunked_causal_lm_loss(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """`causal_lm_loss(hidden_states @ weightᵀ, labels, ...)` without ever holding the (B, T, V) logits.
+
+    Same shift, -100 masking, float32 accumulation, `num_items_in_batch` and label-smoothing semantics, equal to
+    float32 rounding in value and gradients. Only the scored positions are projected, `chunk_size` at a time, so
+    peak memory for the head is one (chunk_size, V) float32 buffer instead of the logits, their float32 copy and
+    their gradient.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    hidden = hidden_states[..., :-1, :].reshape(-1, hidden_states.size(-1))  # (N, C): position t predicts t+1
+    targets = labels[..., 1:].reshape(-1).to(hidden.device)  # (N,)
+    scored = targets != IGNORE_INDEX
+    summed = _FusedLinearCrossEntropy.apply(hidden[scored], weight, targets[scored], label_smoothing, chunk_size)
+    if num_items_in_batch is None:
+        num_items_in_batch = scored.sum()
+    if torch.is_tensor(num_items_in_batch):
+        return summed / num_items_in_batch.to(summed.device).clamp(min=1)
+    return summed / max(int(num_items_in_batch), 1)
+
+
 def perplexity(loss: float | torch.Tensor) -> float:
     """Perplexity = exp(mean NLL per token, in nats)."""
     return math.exp(float(loss))
@@ -412,11 +492,18 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden_states)  # (B, T, V)
 
-        loss = None
-        if labels is not None:
-            loss = causal_lm_loss(logits, labels, num_items_in_batch, self.config.label_smoothing)
+        loss, logits = None, None
+        if labels is not None and self.training and self.config.loss_chunk_size > 0:
+            # Memory-lean training path: the loss (and its gradients) without materialising the logits.
+            loss = chunked_causal_lm_loss(
+                hidden_states, self.lm_head.weight, labels, num_items_in_batch, self.config.label_smoothing,
+                chunk_size=self.config.loss_chunk_size,
+            )
+        else:
+            logits = self.lm_head(hidden_states)  # (B, T, V)
+            if labels is not None:
+                loss = causal_lm_loss(logits, labels, num_items_in_batch, self.config.label_smoothing)
 
         return CausalLMOutputWithPast(
             loss=loss,
@@ -432,6 +519,7 @@ __all__ = [
     "ScratchGPTModel",
     "ScratchGPTPreTrainedModel",
     "causal_lm_loss",
+    "chunked_causal_lm_loss",
     "perplexity",
     "shift_and_flatten",
 ]
