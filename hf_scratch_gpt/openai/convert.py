@@ -154,6 +154,8 @@ def to_output_tensor(array: np.ndarray, planned: PlannedTensor, dtype: OutputDty
     source = torch.from_numpy(array)
     if planned.rule.layout == LINEAR:
         source = source[0].t()
+    elif source.dtype == dtype.torch_dtype:
+        return source  # already in place: no second copy of the largest tensor (wte)
     output = torch.empty(source.shape, dtype=dtype.torch_dtype)
     output.copy_(source)
     return output
