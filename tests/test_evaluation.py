@@ -1,0 +1,92 @@
+"""Evaluation metrics against a direct computation; the evaluate modules; the sliding window."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_scratch_gpt.evaluation import evaluate_texts, load_metric, score_token_ids, sliding_windows
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0..255, bos = 256 (fits the tiny preset's 512-token vocabulary)."""
+
+    bos_token_id = 256
+    eos_token_id = 256
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        return {"input_ids": list(text.encode("utf-8"))}
+
+
+def direct_metrics(model, ids):
+    """One forward pass over the whole sequence (it fits the context): the textbook formulas."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]  # (T, V)
+    log_probs = F.log_softmax(logits[:-1].double(), dim=-1)
+    targets = torch.tensor(ids[1:])
+    nll = -log_probs[torch.arange(len(targets)), targets]
+    accuracy = (logits[:-1].argmax(-1) == targets).double().mean().item()
+    return nll.sum().item(), len(targets), accuracy
+
+
+def test_metrics_equal_direct_computation(tiny_model):
+    text = "The quick brown fox jumps over the lazy dog. Ünïcödé 😀"
+    ids = [256] + list(text.encode("utf-8"))
+    nll_sum, tokens, accuracy = direct_metrics(tiny_model, ids)
+    result = evaluate_texts(tiny_model, ByteTokenizer(), [text], stride=32)
+    assert result["tokens"] == tokens == len(text.encode("utf-8"))
+    assert result["loss"] == pytest.approx(nll_sum / tokens, rel=1e-5)
+    assert result["perplexity"] == pytest.approx(math.exp(nll_sum / tokens), rel=1e-5)
+    assert result["bits_per_byte"] == pytest.approx(nll_sum / math.log(2) / len(text.encode("utf-8")), rel=1e-5)
+    assert result["accuracy"] == pytest.approx(accuracy)
+
+
+def test_several_texts_are_token_weighted_not_mean_of_means(tiny_model):
+    short, long = "ab", "a much longer text with many more tokens in it"
+    per_text = [evaluate_texts(tiny_model, ByteTokenizer(), [t]) for t in (short, long)]
+    both = evaluate_texts(tiny_model, ByteTokenizer(), [short, long])
+    weighted = sum(r["loss"] * r["tokens"] for r in per_text) / sum(r["tokens"] for r in per_text)
+    assert both["loss"] == pytest.approx(weighted, rel=1e-9)
+    assert both["loss"] != pytest.approx((per_text[0]["loss"] + per_text[1]["loss"]) / 2, rel=1e-3)
+
+
+def test_sliding_window_scores_every_token_once():
+    windows = sliding_windows(num_tokens=300, window=128, stride=64)
+    assert sum(target for _, _, target in windows) == 300
+    assert windows[0] == (0, 128, 128) and windows[-1][1] == 300
+    for begin, end, target in windows:
+        assert end - begin <= 128 and target <= end - begin
+    with pytest.raises(ValueError, match="stride"):
+        sliding_windows(300, 128, 128)
+
+
+def test_long_text_sliding_window_matches_manual_windows(tiny_model):
+    """A 300-token text with context 128: equal to scoring each token with its own (≥ 64-token) context."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 512, (300,), generator=generator).tolist()
+    totals = score_token_ids(tiny_model, ids, stride=64)
+    expected_nll, expected_tokens = 0.0, 0
+    previous_end = 0
+    for begin in range(0, 300, 64):
+        end = min(begin + 128, 300)
+        with torch.no_grad():
+            logits = tiny_model(torch.tensor([ids[begin:end]])).logits[0].double()
+        log_probs = F.log_softmax(logits, -1)
+        for position in range(max(previous_end, begin + 1), end):  # targets not scored by earlier windows
+            expected_nll -= log_probs[position - begin - 1, ids[position]].item()
+            expected_tokens += 1
+        previous_end = end
+        if end == 300:
+            break
+    assert totals.tokens == expected_tokens == 299
+    assert totals.nll_sum == pytest.approx(expected_nll, rel=1e-5)
+
+
+def test_evaluate_modules_load_offline_and_compute():
+    perplexity = load_metric("perplexity").compute(nll_sum=[2.0, 4.0], num_tokens=[1, 3])
+    assert perplexity["loss"] == pytest.approx(1.5) and perplexity["perplexity"] == pytest.approx(math.exp(1.5))
+    accuracy = load_metric("accuracy").compute(predictions=[1, 2, 3, 4], references=[1, -100, 3, 5])
+    assert accuracy == {"accuracy": pytest.approx(2 / 3), "tokens": 3}
+    with pytest.raises(ValueError, match="unknown metric"):
+        load_metric("bleu")
