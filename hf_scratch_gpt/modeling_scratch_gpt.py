@@ -355,7 +355,9 @@ def _check_inputs(
         batch, seq_len = inputs_embeds.shape[:2]
     if batch == 0 or seq_len == 0:
         raise ValueError(f"empty input: batch size {batch}, sequence length {seq_len}; both must be >= 1")
-    if input_ids is not None:
+    # The range check reads the ids (a device sync, a graph break under torch.compile); a compiled model
+    # leaves it to the embedding lookup's own bounds check.
+    if input_ids is not None and not torch.compiler.is_compiling():
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= config.vocab_size:
             bad = low if low < 0 else high

@@ -1,0 +1,324 @@
+"""Side-by-side benchmark: ScratchGPTForCausalLM against transformers' GPT2LMHeadModel (sdpa), same weights.
+
+    python benchmarks/compare_gpt2.py                       # 124M shape, CPU, everything
+    python benchmarks/compare_gpt2.py --device cuda --preset 355M --train-batch 16 --train-seq 1024
+
+Measures, in one run and one process per measurement kind:
+- training throughput (tokens/s, forward + backward + AdamW step) in float32 and in bf16 autocast, and the
+  achieved FLOP/s as a fraction of the machine's matmul peak in the same dtype (measured here);
+- peak memory of one training step (each model in its own child process, so peaks do not mix);
+- greedy generation tokens/s (batch 1, with the KV cache) and its fraction of the memory-bandwidth floor;
+- the OpenAI-checkpoint converter's time and peak memory (benchmarks/convert_openai.py), unless skipped.
+Prints a markdown table and writes the numbers as JSON. Both models get the same config (dropout off) and
+the same optimizer (AdamW, fused where the device supports it), so the ratios compare the models only.
+"""
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import hf_scratch_gpt
+from hf_scratch_gpt import ScratchGPTConfig
+
+HERE = Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building the pair
+# ---------------------------------------------------------------------------------------------------------------------
+def build_pair(preset: str, device: str, seed: int = 0) -> tuple[GPT2LMHeadModel, torch.nn.Module]:
+    """GPT2LMHeadModel (sdpa) with seeded random weights, and ScratchGPT holding the very same weights."""
+    shape = {k: v for k, v in ScratchGPTConfig.from_preset(preset).to_dict().items()
+             if k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")}
+    torch.manual_seed(seed)
+    config = GPT2Config(**shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa")
+    gpt2 = GPT2LMHeadModel(config)
+    ours = hf_scratch_gpt.from_hf_gpt2(gpt2)
+    ours.set_attn_implementation("sdpa")
+    return gpt2.to(device), ours.to(device)
+
+
+def count_flop_params(model: torch.nn.Module) -> int:
+    """Parameters that take part in matmuls: all but the position embedding (a lookup). The tied token
+    embedding counts once, as the output head."""
+    return model.num_parameters() - model.config.n_positions * model.config.n_embd
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token: 6·N for the weights plus 12·n_layer·n_embd·T for attention scores and values
+    (forward + backward, full T×T as in the PaLM/nanoGPT convention)."""
+    config = model.config
+    return 6 * count_flop_params(model) + 12 * config.n_layer * config.n_embd * seq_len
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Machine ceilings
+# ---------------------------------------------------------------------------------------------------------------------
+def matmul_peak(device: str, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Best achieved FLOP/s of a square matmul in `dtype` (what the training step's matmuls can reach)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def read_bandwidth(device: str, n_bytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Best bytes/s of streaming a large float32 tensor once (a reduction reads every byte, writes nothing)."""
+    x = torch.ones(n_bytes // 4, device=device)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        x.sum()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return n_bytes / best
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training throughput
+# ---------------------------------------------------------------------------------------------------------------------
+def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+
+def training_step(model, optimizer, input_ids, autocast_dtype: torch.dtype | None) -> None:
+    with torch.autocast(input_ids.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        loss = model(input_ids, labels=input_ids, use_cache=False).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def training_throughput(pair, device, batch, seq_len, steps, autocast_dtype) -> dict[str, float]:
+    """Tokens/s of each model, steps interleaved (A B A B …) so drift in machine load hits both alike."""
+    models = dict(zip(("gpt2", "ours"), pair))
+    optimizers = {name: make_optimizer(model.train()) for name, model in models.items()}
+    input_ids = torch.randint(0, pair[0].config.vocab_size, (batch, seq_len), device=device)
+    for name, model in models.items():  # warm-up: allocates optimizer state, picks kernels
+        training_step(model, optimizers[name], input_ids, autocast_dtype)
+    times = {name: [] for name in models}
+    for _ in range(steps):
+        for name, model in models.items():
+            synchronize(device)
+            start = time.perf_counter()
+            training_step(model, optimizers[name], input_ids, autocast_dtype)
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    del optimizers
+    gc.collect()
+    return {name: batch * seq_len / statistics.median(t) for name, t in times.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Peak memory of one training step (child process per model)
+# ---------------------------------------------------------------------------------------------------------------------
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_step_memory_child(which: str, preset: str, device: str, batch: int, seq_len: int) -> dict:
+    """Run in a fresh process: peak memory of one training step above the memory held just before it."""
+    gpt2, ours = build_pair(preset, device)
+    model = gpt2 if which == "gpt2" else ours
+    del gpt2, ours
+    gc.collect()
+    optimizer = make_optimizer(model.train())
+    # A small step first, so optimizer state exists before the measured step (it is the same for both models).
+    training_step(model, optimizer, torch.randint(0, model.config.vocab_size, (1, 16), device=device), None)
+    input_ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), device=device)
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        training_step(model, optimizer, input_ids, None)
+        torch.cuda.synchronize()
+        return {"peak_bytes": torch.cuda.max_memory_allocated() - before}
+    before = _rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (VmHWM) to the current RSS
+    training_step(model, optimizer, input_ids, None)
+    return {"peak_bytes": (_rss_kib("VmHWM") - before) * 1024}
+
+
+def peak_step_memory(preset, device, batch, seq_len) -> dict[str, float]:
+    result = {}
+    for which in ("gpt2", "ours"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", which, "--preset", preset, "--device", device,
+             "--mem-batch", str(batch), "--mem-seq", str(seq_len)],
+            capture_output=True, text=True, check=True,
+        )
+        result[which] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Greedy generation
+# ---------------------------------------------------------------------------------------------------------------------
+def generation_throughput(pair, device, new_tokens, prompt_len, repeats) -> dict[str, float]:
+    models = dict(zip(("gpt2", "ours"), pair))
+    prompt = torch.randint(0, pair[0].config.vocab_size, (1, prompt_len), device=device)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    outputs = {}
+    for name, model in models.items():  # warm-up
+        outputs[name] = model.eval().generate(prompt, **kwargs)
+    if not torch.equal(outputs["gpt2"], outputs["ours"]):
+        raise RuntimeError("greedy outputs differ between the models; the benchmark compares equal work only")
+    times = {name: [] for name in models}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for name, model in models.items():
+                synchronize(device)
+                start = time.perf_counter()
+                model.generate(prompt, **kwargs)
+                synchronize(device)
+                times[name].append(time.perf_counter() - start)
+    return {name: new_tokens / min(t) for name, t in times.items()}
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights one decoding step must read: every parameter except the position table (one row)."""
+    element = next(model.parameters()).element_size()
+    return (count_flop_params(model) + model.config.n_embd) * element
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------------------------
+def fmt_bytes(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def markdown_table(r: dict) -> str:
+    rows = ["| measurement | GPT2LMHeadModel | ScratchGPT | ratio |", "|---|---:|---:|---:|"]
+    for dtype in ("float32", "bf16"):
+        key = f"train_{dtype}"
+        if key in r:
+            t = r[key]
+            rows.append(
+                f"| training tokens/s, {dtype}{' autocast' if dtype == 'bf16' else ''} "
+                f"({r['train_shape']}) | {t['gpt2']:.0f} | {t['ours']:.0f} | {t['ours'] / t['gpt2']:.2f}× |"
+            )
+            rows.append(
+                f"| — fraction of {dtype} matmul peak ({r['matmul_peak_' + dtype] / 1e9:.0f} GFLOP/s) "
+                f"| {t['mfu_gpt2']:.1%} | {t['mfu_ours']:.1%} | |"
+            )
+    if "memory" in r:
+        m = r["memory"]
+        rows.append(
+            f"| peak training-step memory ({r['memory_shape']}) | {fmt_bytes(m['gpt2'])} | {fmt_bytes(m['ours'])} "
+            f"| {m['ours'] / m['gpt2']:.2f}× |"
+        )
+    if "generation" in r:
+        g = r["generation"]
+        rows.append(
+            f"| greedy generation tokens/s (batch 1, {r['generation_new_tokens']} new, cache) | {g['gpt2']:.1f} "
+            f"| {g['ours']:.1f} | {g['ours'] / g['gpt2']:.2f}× |"
+        )
+        rows.append(
+            f"| — fraction of the bandwidth floor ({g['floor_tokens_per_s']:.1f} tokens/s at "
+            f"{r['read_bandwidth'] / 1e9:.1f} GB/s) | {g['gpt2'] / g['floor_tokens_per_s']:.1%} "
+            f"| {g['ours'] / g['floor_tokens_per_s']:.1%} | |"
+        )
+    if "converter" in r:
+        c = r["converter"]
+        rows.append(
+            f"| converter {c['size']}: time / peak RSS above baseline | | {c['convert_s']:.1f} s / "
+            f"{fmt_bytes(c['peak_rss_bytes'])} | {c['convert_s'] / c['copy_s']:.2f}× copy time |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="124M")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--train-batch", type=int, default=4)
+    parser.add_argument("--train-seq", type=int, default=256)
+    parser.add_argument("--train-steps", type=int, default=3, help="measured steps per model (median)")
+    parser.add_argument("--mem-batch", type=int, default=8)
+    parser.add_argument("--mem-seq", type=int, default=1024)
+    parser.add_argument("--gen-new-tokens", type=int, default=128)
+    parser.add_argument("--gen-prompt", type=int, default=16)
+    parser.add_argument("--gen-repeats", type=int, default=3)
+    parser.add_argument("--convert-size", default="124M", help="OpenAI size for the converter benchmark")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "bf16", "memory", "generation", "convert"])
+    parser.add_argument("--out", default=str(HERE / "results.json"))
+    parser.add_argument("--memory-child", choices=["gpt2", "ours"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.memory_child:
+        print(json.dumps(peak_step_memory_child(args.memory_child, args.preset, args.device, args.mem_batch, args.mem_seq)))
+        return 0
+
+    r: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu"
+        else torch.cuda.get_device_name(),
+        "device": args.device, "preset": args.preset, "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    pair = build_pair(args.preset, args.device)
+    if "train" not in args.skip:
+        r["train_shape"] = f"{args.train_batch}×{args.train_seq}"
+        per_token = flops_per_token(pair[1], args.train_seq)
+        for label, dtype in (("float32", None), ("bf16", torch.bfloat16)):
+            if label == "bf16" and "bf16" in args.skip:
+                continue
+            r[f"matmul_peak_{label}"] = matmul_peak(args.device, dtype or torch.float32)
+            t = training_throughput(pair, args.device, args.train_batch, args.train_seq, args.train_steps, dtype)
+            t.update({f"mfu_{k}": v * per_token / r[f"matmul_peak_{label}"] for k, v in list(t.items())})
+            r[f"train_{label}"] = t
+            print(f"train {label}: {t}", file=sys.stderr)
+    if "generation" not in args.skip:
+        r["read_bandwidth"] = read_bandwidth(args.device)
+        g = generation_throughput(pair, args.device, args.gen_new_tokens, args.gen_prompt, args.gen_repeats)
+        g["floor_tokens_per_s"] = r["read_bandwidth"] / weight_bytes_per_token(pair[1])
+        r["generation"], r["generation_new_tokens"] = g, args.gen_new_tokens
+        print(f"generation: {g}", file=sys.stderr)
+    del pair
+    gc.collect()
+    if "memory" not in args.skip:
+        r["memory_shape"] = f"{args.mem_batch}×{args.mem_seq}, vocab 50257"
+        r["memory"] = peak_step_memory(args.preset, args.device, args.mem_batch, args.mem_seq)
+        print(f"memory: {r['memory']}", file=sys.stderr)
+    if "convert" not in args.skip:
+        sys.path.insert(0, str(HERE))
+        from convert_openai import benchmark_conversion
+
+        r["converter"] = benchmark_conversion(args.convert_size)
+    table = markdown_table(r)
+    print(table)
+    Path(args.out).write_text(json.dumps({**r, "table": table}, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
