@@ -15,6 +15,7 @@ from .modeling_scratch_gpt import (
     perplexity,
     shift_and_flatten,
 )
+from .loading import load_model, load_tokenizer
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,8 @@ __all__ = [
     "causal_lm_loss",
     "convert_openai_checkpoint",
     "from_hf_gpt2",
+    "load_model",
+    "load_tokenizer",
     "perplexity",
     "shift_and_flatten",
     "to_hf_gpt2",

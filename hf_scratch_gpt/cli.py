@@ -68,8 +68,124 @@ def _add_convert_openai(subparsers) -> None:
     parser.set_defaults(handler=_convert_openai)
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from .generation import build_generation_config, format_steps, generate_text
+    from .loading import load_model, load_tokenizer
+
+    model = load_model(args.model, revision=args.revision)
+    tokenizer = load_tokenizer(args.model, revision=args.revision)
+    generation_config = build_generation_config(
+        model,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        num_beams=args.num_beams,
+        repetition_penalty=args.repetition_penalty,
+    )
+    streamer = None
+    if args.stream:
+        from transformers import TextStreamer
+
+        streamer = TextStreamer(tokenizer, skip_special_tokens=True)  # prints the prompt, then each new piece
+    (result,) = generate_text(
+        model, tokenizer, args.prompt, generation_config, seed=args.seed, show_probs=args.show_probs, streamer=streamer
+    )
+    if not args.stream:
+        print(result.text)
+    if args.show_probs:
+        print(format_steps(result.steps))
+    return 0
+
+
+def _add_generate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate", help="continue a prompt with a saved model (greedy by default; sampling with --temperature/--top-k/--top-p)"
+    )
+    parser.add_argument("model", help="a saved model folder or a Hub repo id")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--temperature", type=float, default=None, help="sample with this temperature (> 0)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability >= p")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (greedy: 1)")
+    parser.add_argument("--repetition-penalty", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    parser.add_argument(
+        "--show-probs", type=int, default=0, metavar="K",
+        help="for each generated position, print the K most likely next tokens: softmax of the raw logits",
+    )
+    parser.add_argument("--revision", default=None, help="Hub revision when MODEL is a repo id")
+    parser.set_defaults(handler=_generate)
+
+
+def _card(args: argparse.Namespace) -> int:
+    from .hub import write_model_card
+
+    path = write_model_card(
+        args.model_dir,
+        args.kind,
+        repo_id=args.repo_id,
+        license=args.license,
+        datasets=args.dataset or None,
+        base_model=args.base_model,
+        perplexity=args.perplexity,
+        eval_dataset=args.eval_dataset,
+        eval_split=args.eval_split,
+        language=args.language,
+        training_details=args.training_details,
+    )
+    print(path)
+    return 0
+
+
+def _add_card(subparsers) -> None:
+    from .hub import CARD_TEMPLATES
+
+    parser = subparsers.add_parser("card", help="write README.md (model card with Hub metadata) into a saved model folder")
+    parser.add_argument("model_dir")
+    parser.add_argument("--kind", choices=sorted(CARD_TEMPLATES), default="trained_from_scratch")
+    parser.add_argument("--repo-id", required=True, help="the Hub id the usage snippet loads, e.g. you/my-gpt")
+    parser.add_argument("--license", required=True, help="e.g. apache-2.0, mit")
+    parser.add_argument("--dataset", action="append", help="Hub id of a training dataset (repeatable)")
+    parser.add_argument("--base-model", default=None, help="Hub id of the base model (fine-tunes)")
+    parser.add_argument("--perplexity", type=float, default=None)
+    parser.add_argument("--eval-dataset", default=None, help="dataset the perplexity was measured on")
+    parser.add_argument("--eval-split", default=None)
+    parser.add_argument("--language", default=None)
+    parser.add_argument("--training-details", default=None, help="a paragraph of markdown for the card")
+    parser.set_defaults(handler=_card)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    plan = push_to_hub(args.model_dir, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run)
+    action = "would upload" if args.dry_run else "uploaded"
+    target = f"{plan.repo_id}@{plan.revision}" if plan.revision else plan.repo_id
+    print(f"{action} to {target} ({'private' if plan.private else 'public'}):")
+    for name in plan.files:
+        print(f"  {name}")
+    if plan.skipped:
+        print("left out: " + ", ".join(plan.skipped))
+    if plan.commit_url:
+        print(plan.commit_url)
+    return 0
+
+
+def _add_push(subparsers) -> None:
+    parser = subparsers.add_parser("push", help="upload a saved model folder (weights, tokenizer, code, card) to the Hub")
+    parser.add_argument("model_dir")
+    parser.add_argument("repo_id")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    parser.add_argument("--dry-run", action="store_true", help="check the folder and list the files; send nothing")
+    parser.set_defaults(handler=_push)
+
+
 # One entry per subcommand: a function that adds its parser (and sets `handler`).
-SUBCOMMANDS: list[Callable] = [_add_smoke, _add_download_openai, _add_convert_openai]
+SUBCOMMANDS: list[Callable] = [_add_smoke, _add_download_openai, _add_convert_openai, _add_generate, _add_card, _add_push]
 
 
 def build_parser() -> argparse.ArgumentParser:
