@@ -68,6 +68,100 @@ def _add_convert_openai(subparsers) -> None:
     parser.set_defaults(handler=_convert_openai)
 
 
+def _train(args: argparse.Namespace) -> int:
+    if args.loop == "accelerate":
+        from .training.loop import loop_from_argv as run
+    else:
+        from .training.trainer import train_from_argv as run
+
+    result = run(args.training_arguments)
+    if result.get("plot"):  # the main process of a multi-process run reports
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train from a preset or fine-tune a folder (Trainer, or --loop accelerate); "
+        "all other flags are run_clm-style dataclass fields (ModelArguments, DataArguments, TrainingArguments or LoopArguments)",
+    )
+    parser.add_argument("--loop", choices=("trainer", "accelerate"), default="trainer")
+    parser.set_defaults(handler=_train, passes_extra_arguments=True)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_model
+
+    result = evaluate_model(
+        args.model, text_file=args.text_file, dataset=args.dataset, dataset_config=args.dataset_config,
+        dataset_split=args.split, text_column=args.text_column, stride=args.stride, device=args.device,
+    )  # fmt: skip
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="loss, perplexity, bits per byte, next-token accuracy of a model folder (prints JSON)"
+    )
+    parser.add_argument("model", help="folder with the model and its tokenizer")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text-file", help="a UTF-8 text file, scored as one text")
+    source.add_argument("--dataset", help="'pydoc', a .jsonl file or a Hugging Face dataset name; per document")
+    parser.add_argument("--dataset-config", default=None)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--stride", type=int, default=None, help="sliding-window step (default: n_positions // 2)")
+    parser.add_argument("--device", default=None)
+    parser.set_defaults(handler=_evaluate)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        output_dir=args.output_dir, dataset=args.dataset, preset=args.preset, config_overrides=args.config_overrides,
+        tokenizer_vocab_size=args.vocab_size, max_steps=args.max_steps, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, eval_steps=args.eval_steps, max_minutes=args.max_minutes or None,
+        seed=args.seed, max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+    result = run_demo(options)
+    validation = result["validation"]
+    print(f"parameters: {result['parameters']:,}  steps: {result['trained_steps']}  "
+          f"tokens seen: {result['tokens_seen']:,}  time: {result['seconds']} s")  # fmt: skip
+    print(f"validation perplexity: {validation['perplexity']:.2f}  (unigram baseline: "
+          f"{result['unigram_baseline_perplexity']:.2f})")  # fmt: skip
+    print(f"validation bits per byte: {validation['bits_per_byte']:.3f}  "
+          f"next-token accuracy: {validation['accuracy']:.3f}  over {validation['tokens']:,} tokens")  # fmt: skip
+    for sample in result["samples"]:
+        print(f"--- sample ({sample['strategy']}):\n{sample['text']}")
+    print(f"model folder: {result['model_dir']}\nloss plot: {result['plot']}\nmetrics: {result['metrics_file']}")
+    return 0
+
+
+def _add_demo(subparsers) -> None:
+    from .demo import DemoOptions
+
+    defaults = DemoOptions()
+    parser = subparsers.add_parser(
+        "demo", help="train a tokenizer and a small GPT on the embedded corpus (~5 min on CPU), evaluate, sample"
+    )
+    parser.add_argument("--output-dir", default=defaults.output_dir)
+    parser.add_argument("--dataset", default=defaults.dataset, help="'pydoc', a .txt/.jsonl file or a dataset name")
+    parser.add_argument("--preset", default=defaults.preset)
+    parser.add_argument("--config-overrides", default=defaults.config_overrides)
+    parser.add_argument("--vocab-size", type=int, default=defaults.tokenizer_vocab_size)
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--eval-steps", type=int, default=defaults.eval_steps)
+    parser.add_argument("--max-minutes", type=float, default=defaults.max_minutes, help="training time budget; 0: none")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.set_defaults(handler=_demo)
+
+
 def _generate(args: argparse.Namespace) -> int:
     from .generation import build_generation_config, format_steps, generate_text
     from .loading import load_model, load_tokenizer
@@ -185,7 +279,7 @@ def _add_push(subparsers) -> None:
 
 
 # One entry per subcommand: a function that adds its parser (and sets `handler`).
-SUBCOMMANDS: list[Callable] = [_add_smoke, _add_download_openai, _add_convert_openai, _add_generate, _add_card, _add_push]
+SUBCOMMANDS: list[Callable] = [_add_smoke, _add_download_openai, _add_convert_openai, _add_train, _add_evaluate, _add_demo, _add_generate, _add_card, _add_push]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `train` hands its unknown flags to HfArgumentParser (run_clm-style dataclass fields); others accept none.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passes_extra_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "passes_extra_arguments", False):
+        args.training_arguments = extra
     return args.handler(args)
 
 

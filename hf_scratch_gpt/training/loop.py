@@ -80,6 +80,7 @@ class LoopArguments:
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate autocast)."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'last' or a checkpoint folder."})
     disable_tqdm: bool = field(default=False)
+    use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even when an accelerator is available."})
 
 
 def _micro_batches(batch: dict[str, torch.Tensor], count: int) -> list[dict[str, torch.Tensor]]:
@@ -113,6 +114,7 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loop
     staging = output_dir / f"{STAGING_PREFIX}{name}"
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)  # before the other processes write their RNG states into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging), safe_serialization=True)  # model.safetensors, optimizer, RNG per process
     if accelerator.is_main_process:
@@ -128,6 +130,9 @@ def train_with_accelerate(
     model_args: ModelArguments, data_args: DataArguments, loop_args: LoopArguments
 ) -> dict[str, Any]:
     accelerator = Accelerator(
+        # accelerate picks MULTI_CPU (gloo) under torchrun only when told it runs on CPU; with no GPU/XPU/MPS that is
+        # the only option, and without it each process would silently train alone.
+        cpu=loop_args.use_cpu or not torch.accelerator.is_available(),
         gradient_accumulation_steps=1,  # accumulation is done by hand below, to keep the token count exact
         mixed_precision=loop_args.mixed_precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),

@@ -1,0 +1,83 @@
+"""The explicit Accelerate loop: 2 processes (torchrun, gloo on CPU) = 1 process with the same global batch;
+resume equals uninterrupted; NaN stops before the update."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_scratch_gpt.training.components import DataArguments, ModelArguments, NonFiniteLossError
+from hf_scratch_gpt.training.loop import LoopArguments, train_with_accelerate
+
+SMALL = "n_positions=32,n_embd=32,n_layer=2,n_head=2,resid_pdrop=0.0,embd_pdrop=0.0,attn_pdrop=0.0"
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    from pydoc_data.topics import topics
+
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n\n".join(topics[name] for name in sorted(topics)[:12])[:30_000], encoding="utf-8")
+    return path
+
+
+def loop_flags(output_dir, corpus_file, **overrides):
+    flags = {
+        "output_dir": str(output_dir), "dataset": str(corpus_file), "config_overrides": SMALL,
+        "tokenizer_vocab_size": "300", "validation_fraction": "0.1", "max_steps": "6", "global_batch_size": "8",
+        "gradient_accumulation_steps": "2", "logging_steps": "1", "eval_steps": "3", "save_steps": "3",
+        "learning_rate": "3e-3", "disable_tqdm": "true", **overrides,
+    }  # fmt: skip
+    return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
+
+
+def history(output_dir, key):
+    return [row[key] for row in json.loads((Path(output_dir) / "metrics.json").read_text())["history"] if key in row]
+
+
+def test_two_processes_equal_one_process(tmp_path, corpus_file):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = ["-m", "hf_scratch_gpt.cli", "train", "--loop", "accelerate"]
+    one = subprocess.run([sys.executable, *command, *loop_flags(tmp_path / "one", corpus_file)],
+                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         *command, *loop_flags(tmp_path / "two", corpus_file, gradient_accumulation_steps=1)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
+    torch.testing.assert_close(torch.tensor(history(tmp_path / "two", "loss")), torch.tensor(history(tmp_path / "one", "loss")), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(history(tmp_path / "two", "eval_loss")), torch.tensor(history(tmp_path / "one", "eval_loss")), rtol=1e-5, atol=1e-5)
+    assert history(tmp_path / "one", "loss")[-1] < history(tmp_path / "one", "loss")[0]
+
+
+def run_in_process(output_dir, corpus_file, **overrides):
+    from hf_scratch_gpt.training.loop import parse_loop_arguments
+
+    return train_with_accelerate(*parse_loop_arguments(loop_flags(output_dir, corpus_file, **overrides)))
+
+
+def test_resume_equals_uninterrupted_and_checkpoints_hold_safetensors(tmp_path, corpus_file):
+    full = run_in_process(tmp_path / "full", corpus_file)
+    checkpoint = tmp_path / "full" / "checkpoint-3"
+    assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "loop_state.json").is_file()
+    # Resume a copy of the run from checkpoint-3 (as if it had been killed right after saving it).
+    import shutil
+
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(checkpoint, tmp_path / "resumed" / "checkpoint-3")
+    resumed = run_in_process(tmp_path / "resumed", corpus_file, resume_from_checkpoint="last")
+    assert resumed["resumed_from"].endswith("checkpoint-3")
+    assert resumed["eval_loss"] == pytest.approx(full["eval_loss"], abs=1e-6)
+    assert history(tmp_path / "resumed", "loss") == pytest.approx(history(tmp_path / "full", "loss"), abs=1e-6)
+
+
+def test_nan_loss_stops_the_loop_naming_the_step(tmp_path, corpus_file):
+    with pytest.raises(NonFiniteLossError, match=r"loss became (nan|inf) at step 1"):
+        run_in_process(tmp_path, corpus_file, learning_rate="1e-3", config_overrides=SMALL + ",initializer_range=1e30")
