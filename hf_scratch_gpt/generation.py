@@ -158,6 +158,14 @@ def generate_text(
     encoded = tokenizer(prompt_list, return_tensors="pt", padding=True).to(model.device)
     if encoded["input_ids"].size(1) == 0:
         raise ValueError("the prompt encodes to no tokens; give at least one character of text")
+    longest = encoded["input_ids"].size(1) + (generation_config.max_new_tokens or 0)
+    n_positions = getattr(model.config, "n_positions", None)
+    if n_positions is not None and longest > n_positions:
+        # Checked up front: the model would otherwise stop with the same error midway through generation.
+        raise ValueError(
+            f"prompt length {encoded['input_ids'].size(1)} + max_new_tokens {generation_config.max_new_tokens} = "
+            f"{longest} exceeds the model's n_positions {n_positions}"
+        )
     if seed is not None:
         torch.manual_seed(seed)
     # A copy, so the caller's config is not changed; raw logits are only kept when they will be shown.

@@ -186,3 +186,10 @@ def test_show_probs_refuses_beam_search(saved_folder):
     _, model, tokenizer = saved_folder
     with pytest.raises(ValueError, match="beam"):
         generate_text(model, tokenizer, "Hi", build_generation_config(model, num_beams=2), show_probs=2)
+
+
+def test_generation_longer_than_the_context_is_refused_up_front(saved_folder):
+    _, model, tokenizer = saved_folder
+    too_many = model.config.n_positions  # any prompt + n_positions new tokens is too long
+    with pytest.raises(ValueError, match=rf"max_new_tokens {too_many} = \d+ exceeds the model's n_positions"):
+        generate_text(model, tokenizer, "Hello", build_generation_config(model, max_new_tokens=too_many))
