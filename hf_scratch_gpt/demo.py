@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 # The demo's model: the `tiny` preset widened to what 2 CPU cores train well in a few minutes.
 DEMO_CONFIG_OVERRIDES = "n_positions=128,n_embd=128,n_layer=4,n_head=4,resid_pdrop=0.0,embd_pdrop=0.0,attn_pdrop=0.0"
-DEMO_PROMPTS = ("The ", "def ")
+DEMO_PROMPTS = ("The", "def")
 
 
 @dataclass

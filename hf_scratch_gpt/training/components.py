@@ -153,7 +153,9 @@ def build_datasets(data_args: DataArguments, tokenizer, model, documents) -> tup
 
 
 def load_and_split(data_args: DataArguments):
-    documents = load_documents(data_args.dataset, data_args.text_column, data_args.dataset_config_name)
+    # For prompt/completion records the prompt column is the one that must exist and hold text.
+    column = data_args.prompt_column or data_args.text_column
+    documents = load_documents(data_args.dataset, column, data_args.dataset_config_name)
     return split_train_validation(documents, data_args.validation_fraction, data_args.split_seed)
 
 
