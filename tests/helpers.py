@@ -1,6 +1,7 @@
 """Comparison helpers shared by the tests."""
 
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
 # "Relative error <= 1e-5 in float32": rtol 1e-5, with an absolute floor scaled to the tensor so values that
 # happen to sit near zero are not held to an impossible relative bound.
@@ -35,3 +36,30 @@ def right_padded_batch(lengths: list[int], vocab_size: int, pad_id: int = 0, see
 def labels_from(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """labels = input_ids with -100 on padding."""
     return input_ids.masked_fill(attention_mask == 0, -100)
+
+
+# Shapes a bug in head splitting, MLP width or layer indexing would show up in.
+GPT2_SHAPES = {
+    "2L-4H-32": dict(vocab_size=97, n_positions=40, n_embd=32, n_layer=2, n_head=4),
+    "3L-2H-24-inner40": dict(vocab_size=61, n_positions=24, n_embd=24, n_layer=3, n_head=2, n_inner=40),
+    "1L-3H-48": dict(vocab_size=128, n_positions=64, n_embd=48, n_layer=1, n_head=3),
+}
+
+
+def random_gpt2(seed: int = 0, attn_implementation: str = "sdpa", **shape) -> GPT2LMHeadModel:
+    """GPT2LMHeadModel with random weights of a usefully large scale (logits of order 1, not 1e-3), no dropout."""
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        **{**GPT2_SHAPES["2L-4H-32"], **shape},
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=0, eos_token_id=0,
+        attn_implementation=attn_implementation,
+    )
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "ln_" in name:
+                param.add_(0.1 * torch.randn_like(param))  # non-trivial biases and LayerNorm affines
+            else:
+                param.normal_(0.0, 0.2)
+    return model.eval()

@@ -181,6 +181,17 @@ if crash_step:  # die after the weights of that checkpoint are written, before t
             os._exit(17)
         return original(self, output_dir)
     trainer_module.ScratchGPTTrainer._save_rng_state = dying
+pause_step = int(os.environ.get("PAUSE_AFTER_CHECKPOINT_STEP", "0"))
+if pause_step:  # hold still once that checkpoint is complete, so the test's SIGKILL lands at a known step
+    import time
+    original_save = trainer_module.ScratchGPTTrainer._save_checkpoint
+    def save_then_pause(self, *args, **kwargs):
+        result = original_save(self, *args, **kwargs)
+        if self.state.global_step == pause_step:
+            open(os.environ["PAUSE_MARKER"], "w").close()
+            time.sleep(600)
+        return result
+    trainer_module.ScratchGPTTrainer._save_checkpoint = save_then_pause
 trainer_module.train_from_argv(sys.argv[1:])
 """
 
@@ -203,13 +214,18 @@ def test_killed_mid_run_then_resumed_reaches_the_same_final_loss(tmp_path, corpu
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     subprocess.run(cli_args(tmp_path / "full", corpus_file), check=True, env=env, capture_output=True, timeout=300)
 
-    # 1. Killed (SIGKILL) once checkpoint-4 exists.
-    victim = subprocess.Popen(cli_args(tmp_path / "killed", corpus_file), env=env, stdout=subprocess.DEVNULL,
+    # 1. Killed (SIGKILL) mid-run, right after checkpoint-4 is complete (the victim holds still there, so the
+    #    kill does not race with later checkpoints on a fast machine).
+    marker = tmp_path / "paused-after-checkpoint-4"
+    victim = subprocess.Popen(cli_args(tmp_path / "killed", corpus_file), stdout=subprocess.DEVNULL,
+                              env={**env, "PAUSE_AFTER_CHECKPOINT_STEP": "4", "PAUSE_MARKER": str(marker)},
                               stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 240
-    while not (tmp_path / "killed" / "checkpoint-4").exists() and victim.poll() is None:
+    while not marker.exists():
+        assert victim.poll() is None, f"the run ended (exit {victim.returncode}) before checkpoint-4"
         assert time.monotonic() < deadline, "checkpoint-4 never appeared"
         time.sleep(0.05)
+    assert (tmp_path / "killed" / "checkpoint-4").is_dir()
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     # 2. Dies while writing checkpoint-6 (weights written, the rest not): that checkpoint must not exist.

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import random_gpt2
+from helpers import random_gpt2
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 import hf_scratch_gpt
