@@ -20,8 +20,9 @@ from .loading import CONFIG_NAME, TOKENIZER_FILE_SETS, check_model_folder, read_
 
 logger = logging.getLogger(__name__)
 
-# Card templates live next to the package in the source tree (`model_cards/` at the repository root).
-MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+# Card templates: `model_cards/` at the repository root, reached through the package's `model_cards` link so that
+# a built wheel (which copies the linked files in as package data) finds them at the same place.
+MODEL_CARDS_DIR = Path(__file__).parent / "model_cards"
 CARD_TEMPLATES: dict[str, str] = {
     "openai_checkpoint": "openai_checkpoint.md",
     "trained_from_scratch": "trained_from_scratch.md",

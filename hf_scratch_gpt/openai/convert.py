@@ -30,6 +30,7 @@ from transformers.utils import logging
 from transformers.utils.hub import convert_file_size_to_int
 
 from ..configuration_scratch_gpt import PRESETS, ScratchGPTConfig
+from ..hub import CARD_TEMPLATES, MODEL_CARDS_DIR
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from .checkpoint import OpenAICheckpoint, PlannedTensor
 from .names import HPARAMS_TO_CONFIG, LINEAR, dimensions, target_shape_for
@@ -58,7 +59,7 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 VERIFY_TEXT = "Hello, world! The quick brown fox jumps over the lazy dog.\n\nIt was 1999 and    the year ended."
 VERIFY_MAX_TOKENS = 32
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "openai_checkpoint.md"
+MODEL_CARD_TEMPLATE = MODEL_CARDS_DIR / CARD_TEMPLATES["openai_checkpoint"]
 
 
 @dataclass
