@@ -57,6 +57,7 @@ __all__ = [
     "ScratchGPTModel",
     "ScratchGPTPreTrainedModel",
     "causal_lm_loss",
+    "chunked_causal_lm_loss",
     "convert_openai_checkpoint",
     "from_hf_gpt2",
     "load_model",

@@ -81,40 +81,49 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     """sum_i CE(hidden_i @ weightᵀ, target_i), with the gradients computed chunk by chunk during the forward.
 
     The (N, V) logits exist only one chunk at a time (float32); what is kept for backward is the gradient with
-    respect to `hidden` (N, C) and `weight` (V, C), scaled by the incoming gradient in `backward`.
+    respect to `hidden` (N, C) and `weight` (V, C), scaled by the incoming gradient in `backward`. Under autocast
+    the matmuls run in the autocast dtype, as `nn.Linear` would; the weight is cast once, not once per chunk.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, label_smoothing, chunk_size):
         # hidden (N, C), weight (V, C), targets (N,) with no -100 left: the caller keeps only scored rows.
         vocab_size = weight.size(0)
+        device_type = hidden.device.type
+        compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
         want_grad_hidden, want_grad_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if want_grad_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.size(0), chunk_size):
-            chunk = hidden[start : start + chunk_size]  # (n, C)
-            target = targets[start : start + chunk_size]  # (n,)
-            logits = (chunk @ weight.t()).float()  # (n, V); under autocast the matmul runs in bf16/fp16
-            log_normalizer = torch.logsumexp(logits, dim=-1)  # (n,)
-            token_loss = log_normalizer - logits.gather(1, target[:, None]).squeeze(1)
-            if label_smoothing:
-                # (1 - ε) · NLL + ε · mean over the vocabulary of -log p, as F.cross_entropy(label_smoothing=ε)
-                uniform_loss = log_normalizer - logits.mean(dim=-1)
-                token_loss = (1.0 - label_smoothing) * token_loss + label_smoothing * uniform_loss
-            total += token_loss.sum()
-            if not (want_grad_hidden or want_grad_weight):
-                continue
-            # d(token_loss)/d(logits) = softmax - (1 - ε) · one_hot - ε / V, built in place over the logits buffer.
-            grad_logits = logits.sub_(log_normalizer[:, None]).exp_()
-            rows = torch.arange(grad_logits.size(0), device=grad_logits.device)
-            grad_logits[rows, target] -= 1.0 - label_smoothing
-            if label_smoothing:
-                grad_logits -= label_smoothing / vocab_size
-            if want_grad_hidden:
-                grad_hidden[start : start + chunk_size] = grad_logits @ weight.to(grad_logits.dtype)
-            if want_grad_weight:
-                grad_weight += grad_logits.t() @ chunk.to(grad_logits.dtype)
+        with torch.autocast(device_type, enabled=False):
+            weight_c = weight.to(compute_dtype)  # (V, C)
+            for start in range(0, hidden.size(0), chunk_size):
+                chunk = hidden[start : start + chunk_size].to(compute_dtype)  # (n, C)
+                target = targets[start : start + chunk_size]  # (n,)
+                logits = F.linear(chunk, weight_c).float()  # (n, V)
+                token_loss = -logits.gather(1, target[:, None]).squeeze(1)
+                if label_smoothing:
+                    # (1 - ε) · NLL + ε · mean over the vocabulary of -log p, as F.cross_entropy(label_smoothing=ε)
+                    token_loss = (1.0 - label_smoothing) * token_loss - label_smoothing * logits.mean(dim=-1)
+                # log-sum-exp in place over the logits buffer (torch.logsumexp allocates two more (n, V) buffers).
+                row_max = logits.amax(dim=-1, keepdim=True)  # (n, 1)
+                unnormalized = logits.sub_(row_max).exp_()  # (n, V), the logits are gone from here on
+                normalizer = unnormalized.sum(dim=-1, keepdim=True)  # (n, 1)
+                token_loss += (row_max + normalizer.log()).squeeze(1)
+                total += token_loss.sum()
+                if not (want_grad_hidden or want_grad_weight):
+                    continue
+                # d(token_loss)/d(logits) = softmax - (1 - ε) · one_hot - ε / V, built in place.
+                grad_logits = unnormalized.div_(normalizer)
+                rows = torch.arange(grad_logits.size(0), device=grad_logits.device)
+                grad_logits[rows, target] -= 1.0 - label_smoothing
+                if label_smoothing:
+                    grad_logits -= label_smoothing / vocab_size
+                grad_logits = grad_logits.to(compute_dtype)
+                if want_grad_hidden:
+                    grad_hidden[start : start + chunk_size] = grad_logits @ weight_c
+                if want_grad_weight:
+                    grad_weight += grad_logits.t() @ chunk
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return total
