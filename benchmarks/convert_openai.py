@@ -110,6 +110,21 @@ def time_copy(path: Path) -> float:
 GIB = 1 << 30
 
 
+def benchmark_conversion(size: str, workdir: str | os.PathLike = "/tmp/convert_openai_bench") -> dict:
+    """Write a synthetic `size` checkpoint, time copying its data file, convert it (no verification) in a fresh
+    process; returns the numbers `benchmarks/compare_gpt2.py` reports. Cleans up after itself."""
+    work = Path(workdir) / size
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        write_synthetic_checkpoint(work / "ckpt", size)
+        copy_seconds = time_copy(work / "ckpt" / "model.ckpt.data-00000-of-00001")
+        result = measure_conversion(work / "ckpt", work / "out", verify=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"size": size, "convert_s": result["seconds"], "copy_s": copy_seconds,
+            "peak_rss_bytes": result["peak_above_baseline"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", action="append", choices=("124M", "355M", "774M", "1558M"))
