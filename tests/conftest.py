@@ -33,3 +33,13 @@ def tiny_config() -> ScratchGPTConfig:
 def tiny_model(tiny_config) -> ScratchGPTForCausalLM:
     torch.manual_seed(0)
     return ScratchGPTForCausalLM(tiny_config).eval()
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    """~30 k characters of real prose (pydoc topics) as a .txt file."""
+    from pydoc_data.topics import topics
+
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n\n".join(topics[name] for name in sorted(topics)[:12])[:30_000], encoding="utf-8")
+    return path

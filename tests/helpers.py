@@ -3,6 +3,9 @@
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+# A training-test model: two layers, 32 wide, no dropout (so runs are deterministic and comparable).
+SMALL = "n_positions=32,n_embd=32,n_layer=2,n_head=2,resid_pdrop=0.0,embd_pdrop=0.0,attn_pdrop=0.0"
+
 # "Relative error <= 1e-5 in float32": rtol 1e-5, with an absolute floor scaled to the tensor so values that
 # happen to sit near zero are not held to an impossible relative bound.
 RTOL = 1e-5

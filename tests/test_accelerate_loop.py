@@ -10,19 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import SMALL
 from hf_scratch_gpt.training.components import DataArguments, ModelArguments, NonFiniteLossError
 from hf_scratch_gpt.training.loop import LoopArguments, train_with_accelerate
-
-SMALL = "n_positions=32,n_embd=32,n_layer=2,n_head=2,resid_pdrop=0.0,embd_pdrop=0.0,attn_pdrop=0.0"
-
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    from pydoc_data.topics import topics
-
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n\n".join(topics[name] for name in sorted(topics)[:12])[:30_000], encoding="utf-8")
-    return path
 
 
 def loop_flags(output_dir, corpus_file, **overrides):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from helpers import SMALL
 from transformers import TrainerCallback, TrainingArguments
 
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, causal_lm_loss
@@ -20,17 +21,6 @@ from hf_scratch_gpt.training.components import DataArguments, ModelArguments, No
 from hf_scratch_gpt.training.trainer import ScratchGPTTrainer, train_with_trainer
 
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-SMALL = "n_positions=32,n_embd=32,n_layer=2,n_head=2,resid_pdrop=0.0,embd_pdrop=0.0,attn_pdrop=0.0"
-
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    """~30 k characters of real prose (pydoc topics) as a .txt file."""
-    from pydoc_data.topics import topics
-
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n\n".join(topics[name] for name in sorted(topics)[:12])[:30_000], encoding="utf-8")
-    return path
 
 
 def small_run_args(output_dir, corpus_file, **overrides):
