@@ -343,11 +343,8 @@ def _check_inputs(
     inputs_embeds: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
     past_length: int,
-) -> tuple[int, int]:
-    """Raise `ValueError` for inputs that would otherwise fail deep inside torch (or silently index garbage).
-
-    Returns (batch, seq_len) of the new tokens.
-    """
+) -> None:
+    """Raise `ValueError` for inputs that would otherwise fail deep inside torch (or silently index garbage)."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
     if input_ids is not None:
@@ -384,7 +381,6 @@ def _check_inputs(
         )
     if attention_mask is not None and attention_mask.dim() not in (2, 4):
         raise ValueError(f"attention_mask must be 2-D (batch, length) or a prepared 4-D mask, got {attention_mask.dim()}-D")
-    return batch, seq_len
 
 
 class ScratchGPTModel(ScratchGPTPreTrainedModel):
