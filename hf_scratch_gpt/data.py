@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from datasets import Dataset, DatasetDict, load_dataset
 
+from .modeling_scratch_gpt import IGNORE_INDEX
+from .openai.tokenizer import END_OF_TEXT
+
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 DEFAULT_CORPUS = "pydoc"
-END_OF_TEXT = "<|endoftext|>"
 PARAGRAPH_SEPARATOR = "\n\n"
 LOCAL_FILE_BUILDERS = {".jsonl": "json", ".json": "json"}  # extension → datasets builder for record files
 

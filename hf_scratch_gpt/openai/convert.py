@@ -31,6 +31,7 @@ from transformers.utils.hub import convert_file_size_to_int
 
 from ..configuration_scratch_gpt import PRESETS, ScratchGPTConfig
 from ..hub import CARD_TEMPLATES, MODEL_CARDS_DIR
+from ..loading import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from .checkpoint import OpenAICheckpoint, PlannedTensor
 from .names import HPARAMS_TO_CONFIG, LINEAR, dimensions, target_shape_for
@@ -55,8 +56,6 @@ OUTPUT_DTYPES: dict[str, OutputDtype] = {
     "float16": OutputDtype(torch.float16, "F16", 2e-2),
 }
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 VERIFY_TEXT = "Hello, world! The quick brown fox jumps over the lazy dog.\n\nIt was 1999 and    the year ended."
 VERIFY_MAX_TOKENS = 32
 MODEL_CARD_TEMPLATE = MODEL_CARDS_DIR / CARD_TEMPLATES["openai_checkpoint"]
