@@ -166,9 +166,8 @@ def evaluate_model(
 
     A text file is scored as one text; a dataset (anything `data.load_documents` accepts) document by document.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from .data import load_documents
+    from .loading import load_model, load_tokenizer
 
     if (text_file is None) == (dataset is None):
         raise ValueError("pass exactly one of text_file or dataset")
@@ -182,8 +181,9 @@ def evaluate_model(
             raise ValueError(f"text file {text_file!r} is empty or whitespace-only")
     else:
         texts = load_documents(dataset, text_column, dataset_config, dataset_split)[text_column]
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, use_safetensors=True)
+    # load_model checks the folder first: a missing or mis-shaped tensor is an error, never a random init.
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path)
     if device:
         model.to(device)
     result = evaluate_texts(model, tokenizer, texts, stride=stride)

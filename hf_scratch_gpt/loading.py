@@ -34,6 +34,7 @@ SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 # Weight formats that are read through pickle (or a framework we do not load); never used.
 UNSAFE_WEIGHT_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "training_args.bin")
 TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json")
 # What a Hub download of a model needs: config, weights as safetensors, tokenizer, generation config, code, card.
 HUB_DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.py", "*.md", "*.jinja"]
 
@@ -101,7 +102,16 @@ def safetensors_files(folder: str | os.PathLike) -> list[Path]:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {error}") from error
-        shards = [folder / name for name in sorted(set(weight_map.values()))]
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: 'weight_map' must map tensor names to shard file names")
+        names = sorted(set(weight_map.values()), key=str)
+        for name in names:
+            if not is_plain_file_name(name):
+                raise ValueError(
+                    f"{index} lists the shard {name!r}; a shard must be a plain file name inside {folder} "
+                    f"(no directories, '..' or absolute paths)"
+                )
+        shards = [folder / name for name in names]
         missing = [str(shard) for shard in shards if not shard.is_file()]
         if missing:
             raise FileNotFoundError(f"{index} lists shards that do not exist: {missing}")
@@ -113,6 +123,11 @@ def safetensors_files(folder: str | os.PathLike) -> list[Path]:
             f"(they can run arbitrary code). Convert them to safetensors in a trusted environment first."
         )
     raise FileNotFoundError(f"{single} not found (nor {SAFE_WEIGHTS_INDEX_NAME}); the folder has no model weights")
+
+
+def is_plain_file_name(name: object) -> bool:
+    """True for a name that stays inside its folder: no separators, no drive, not '', '.' or '..'."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\:\0")
 
 
 def read_tensor_shapes(weight_file: str | os.PathLike) -> dict[str, tuple[int, ...]]:
@@ -197,11 +212,26 @@ def load_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None)
             f"{folder} has no tokenizer (expected {' or '.join(' + '.join(s) for s in TOKENIZER_FILE_SETS)}); "
             f"save one next to the model with tokenizer.save_pretrained(folder)"
         )
+    check_tokenizer_files(folder)
     return AutoTokenizer.from_pretrained(folder)
+
+
+def check_tokenizer_files(folder: str | os.PathLike) -> None:
+    """Raise `ValueError` naming the file when a tokenizer JSON file is not valid JSON (transformers raises a bare
+    `JSONDecodeError` that does not say which file)."""
+    for name in TOKENIZER_JSON_FILES:
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ValueError(f"{path} is not valid JSON ({error}); save or download the tokenizer again") from error
 
 
 __all__ = [
     "check_model_folder",
+    "check_tokenizer_files",
+    "is_plain_file_name",
     "load_model",
     "load_tokenizer",
     "read_config",

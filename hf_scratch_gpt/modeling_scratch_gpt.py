@@ -15,6 +15,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
@@ -335,6 +336,49 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+
+    # `from_pretrained` hooks (the class's own, so plain `AutoModelForCausalLM.from_pretrained` is safe too, with the
+    # package imported or through trust_remote_code): weights come only from safetensors files inside the model
+    # folder, a damaged file is named, and a missing tensor is an error instead of a fresh random init.
+    @staticmethod
+    def _load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys=None):
+        if checkpoint_files is not None:
+            _check_weight_files(checkpoint_files, load_config.sharded_metadata)
+        return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys)
+
+    @staticmethod
+    def _finalize_model_loading(model, load_config, loading_info):
+        loading_info = PreTrainedModel._finalize_model_loading(model, load_config, loading_info)
+        if loading_info.missing_keys:  # tied lm_head.weight is not in it (tie_weights removed it)
+            raise ValueError(
+                f"the weights in {load_config.pretrained_model_name_or_path} lack tensors the model needs: "
+                f"{sorted(loading_info.missing_keys)}; they would be randomly initialised. Save the model again "
+                f"(or set tie_word_embeddings=true in config.json if lm_head is meant to share wte's weights)"
+            )
+        return loading_info
+
+
+
+def _check_weight_files(checkpoint_files: list[str], sharded_metadata: dict | None) -> None:
+    """Refuse weight files that are not safetensors (pickle can run code), shard names in a
+    `model.safetensors.index.json` that are not plain file names (`../x`, `/abs/x`: files outside the folder), and
+    unreadable safetensors headers (naming the file, which safetensors' own error does not)."""
+    for name in sorted(set((sharded_metadata or {}).get("weight_map", {}).values())):
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or ":" in name:
+            raise ValueError(
+                f"model.safetensors.index.json lists the shard {name!r}; a shard must be a plain file name inside the "
+                f"model folder"
+            )
+    for file in checkpoint_files:
+        if not str(file).endswith(".safetensors"):
+            raise ValueError(f"{file}: ScratchGPT loads weights only from safetensors files (pickle can run code)")
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError as error:
+            raise ValueError(
+                f"{file} is not a readable safetensors file ({error}); it is truncated or corrupted"
+            ) from error
 
 
 def _check_inputs(

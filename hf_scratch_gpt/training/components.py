@@ -23,6 +23,7 @@ from ..data import (
     tokenize_prompt_completion,
     train_bpe_tokenizer,
 )
+from ..loading import check_tokenizer_files, load_model
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def build_tokenizer(model_args: ModelArguments, train_documents, text_column: st
     if source is not None:
         if not Path(source).is_dir():
             raise FileNotFoundError(f"tokenizer folder {source!r} does not exist")
+        check_tokenizer_files(source)  # a corrupt tokenizer.json is named, not a bare JSONDecodeError
         return AutoTokenizer.from_pretrained(source)
     logger.info("training a byte-level BPE tokenizer (vocab %d) on the train split", model_args.tokenizer_vocab_size)
     return train_bpe_tokenizer(iterate_texts(train_documents, text_column), vocab_size=model_args.tokenizer_vocab_size)
@@ -106,7 +108,8 @@ def build_model(model_args: ModelArguments, tokenizer) -> ScratchGPTForCausalLM:
     if model_args.model_name_or_path is not None:
         if not Path(model_args.model_name_or_path).is_dir():
             raise FileNotFoundError(f"model folder {model_args.model_name_or_path!r} does not exist")
-        model = ScratchGPTForCausalLM.from_pretrained(model_args.model_name_or_path, use_safetensors=True)
+        # Checked first (config, safetensors only, every tensor present with its shape): never a random init.
+        model = load_model(model_args.model_name_or_path)
     else:
         overrides = {
             "vocab_size": len(tokenizer),
