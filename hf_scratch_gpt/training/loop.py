@@ -53,9 +53,9 @@ from .components import (
     resolve_resume,
 )
 from .plots import plot_loss_curves
+from .resume import LOOP_STATE_NAME, read_loop_checkpoint
 
 logger = logging.getLogger(__name__)
-LOOP_STATE_NAME = "loop_state.json"
 
 
 @dataclass
@@ -175,15 +175,17 @@ def train_with_accelerate(
         betas=(0.9, loop_args.adam_beta2),
     )
     scheduler = get_scheduler(loop_args.lr_scheduler_type, optimizer, loop_args.warmup_steps, loop_args.max_steps)
-    # The scheduler is not prepared (a prepared one may step once per process); it is checkpointed explicitly.
+    # The scheduler is not prepared (a prepared one may step once per process), nor registered for checkpointing
+    # (Accelerate would pickle it and unpickle it with weights_only=False): its state dict goes into loop_state.json.
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    accelerator.register_for_checkpointing(scheduler)
 
     step, tokens_seen, history = 0, 0, []
     resume = resolve_resume(loop_args.resume_from_checkpoint, output_dir)
     if resume is not None:
+        # Checked first: nothing in the folder is unpickled, and nothing the folder lacks is silently reset.
+        loop_state = read_loop_checkpoint(resume, accelerator.unwrap_model(model), accelerator.process_index)
         accelerator.load_state(resume)
-        loop_state = json.loads((Path(resume) / LOOP_STATE_NAME).read_text(encoding="utf-8"))
+        scheduler.load_state_dict(loop_state["scheduler"])
         step, tokens_seen, history = loop_state["step"], loop_state["tokens_seen"], loop_state["history"]
         logger.info("resumed from %s at step %d", resume, step)
 
@@ -233,7 +235,8 @@ def train_with_accelerate(
                 history.append({"step": step, "tokens": tokens_seen, **metrics})
                 logger.info("step %d: %s", step, metrics)
             if step % loop_args.save_steps == 0:
-                loop_state = {"step": step, "tokens_seen": tokens_seen, "history": history}
+                loop_state = {"step": step, "tokens_seen": tokens_seen, "history": history,
+                              "scheduler": scheduler.state_dict()}  # fmt: skip
                 _save_checkpoint(accelerator, output_dir, step, loop_state)
             if step >= loop_args.max_steps:
                 break

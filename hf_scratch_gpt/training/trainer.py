@@ -51,6 +51,7 @@ from .components import (
     resolve_resume,
 )
 from .plots import plot_loss_curves
+from .resume import check_trainer_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,16 @@ class ScratchGPTTrainer(Trainer):
         if not torch.isfinite(loss).all():
             raise NonFiniteLossError(non_finite_message(loss.item(), self.state.global_step + 1, self.args.output_dir))
         return loss
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # The first thing Trainer.train reads from a checkpoint: check the whole folder here, because Trainer alone
+        # loads weights with strict=False and skips a missing optimizer, scheduler or RNG file with an info log.
+        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            check_trainer_checkpoint(
+                resume_from_checkpoint, self.accelerator.unwrap_model(model if model is not None else self.model),
+                self.args.world_size, self.args.process_index,
+            )  # fmt: skip
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _get_output_dir(self, trial) -> str:
         # While a checkpoint is being saved, Trainer writes `<this>/checkpoint-N`: point it at the staging folder.
