@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -59,6 +60,15 @@ DEFAULT_MAX_SHARD_SIZE = "5GB"
 VERIFY_TEXT = "Hello, world! The quick brown fox jumps over the lazy dog.\n\nIt was 1999 and    the year ended."
 VERIFY_MAX_TOKENS = 32
 MODEL_CARD_TEMPLATE = MODEL_CARDS_DIR / CARD_TEMPLATES["openai_checkpoint"]
+# Every file a converted folder holds (weights, index, config, generation config, model code, tokenizer, card).
+# `overwrite=True` replaces only a folder of these files whose config.json is a ScratchGPT one: anything else in
+# it is someone's data, and the converter refuses rather than delete it.
+CONVERTED_FILE_NAME = re.compile(
+    r"^(config\.json|generation_config\.json|README\.md|(configuration|modeling)_scratch_gpt\.py"
+    r"|model\.safetensors|model\.safetensors\.index\.json|model-\d{5}-of-\d{5}\.safetensors"
+    r"|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|merges\.txt"
+    r"|chat_template\.jinja)$"
+)
 
 
 @dataclass
@@ -283,14 +293,42 @@ def render_model_card(report: ConversionReport, hparams: dict[str, int], source:
 # ---------------------------------------------------------------------------------------------------------------------
 # the conversion
 # ---------------------------------------------------------------------------------------------------------------------
+def check_replaceable(out: Path) -> None:
+    """Raise `FileExistsError` unless `out` is a folder a conversion wrote (a ScratchGPT config.json and only the
+    files a converted folder holds), i.e. a folder `overwrite=True` may delete."""
+    if out.is_symlink() or not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder; the converter replaces only a converted model folder")
+    try:
+        model_type = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    if model_type != ScratchGPTConfig.model_type:
+        raise FileExistsError(
+            f"{out} exists and is not a ScratchGPT model folder (no config.json with model_type "
+            f"{ScratchGPTConfig.model_type!r}); --overwrite replaces only a folder the converter wrote. Choose "
+            f"another output folder"
+        )
+    foreign = sorted(
+        entry.name for entry in out.iterdir()
+        if entry.is_symlink() or not entry.is_file() or not CONVERTED_FILE_NAME.match(entry.name)
+    )  # fmt: skip
+    if foreign:
+        raise FileExistsError(
+            f"{out} holds {foreign}, which a converted model folder does not; --overwrite would delete them. Move "
+            f"them out or choose another output folder"
+        )
+
+
 def _replace_folder(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move the complete `tmp` to `out`. With an existing `out` (only when overwriting), the old folder is moved
-    aside first and deleted last, so at every instant `out` is either the old complete folder, absent, or new."""
-    if not out.exists():
+    """Move the complete `tmp` to `out`. With an existing `out` (only when overwriting, and only a converted
+    folder), the old folder is moved aside first and deleted last, so at every instant `out` is either the old
+    complete folder, absent, or new."""
+    if not out.exists() and not out.is_symlink():
         os.rename(tmp, out)
         return
     if not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    check_replaceable(out)  # again: the folder may have changed during the conversion
     aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
     os.rename(out, aside)
     os.rename(tmp, out)
@@ -326,10 +364,18 @@ def convert_openai_checkpoint(
     if max_shard_bytes < 1:
         raise ValueError(f"max_shard_size must be positive, got {max_shard_size!r}")
     source, out = Path(ckpt_dir), Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-    if out.resolve() == source.resolve():
+    # Replacing OUT deletes it: it must neither be, contain nor lie inside the checkpoint being read.
+    source_resolved, out_resolved = source.resolve(), out.resolve()
+    if out_resolved == source_resolved:
         raise ValueError(f"the output folder must differ from the checkpoint folder {source}")
+    if out_resolved in source_resolved.parents:
+        raise ValueError(f"the output folder {out} contains the checkpoint folder {source}; choose another output folder")
+    if source_resolved in out_resolved.parents:
+        raise ValueError(f"the output folder {out} lies inside the checkpoint folder {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+        check_replaceable(out)
 
     checkpoint = OpenAICheckpoint(source)  # every check that needs no weight data happens here
     hparams = checkpoint.hparams
@@ -373,4 +419,11 @@ def convert_openai_checkpoint(
     return report
 
 
-__all__ = ["OUTPUT_DTYPES", "ConversionReport", "StreamingSafetensorsWriter", "convert_openai_checkpoint", "plan_shards"]
+__all__ = [
+    "OUTPUT_DTYPES",
+    "ConversionReport",
+    "StreamingSafetensorsWriter",
+    "check_replaceable",
+    "convert_openai_checkpoint",
+    "plan_shards",
+]

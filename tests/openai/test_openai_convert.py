@@ -166,14 +166,50 @@ def test_plan_shards_is_greedy_and_gives_oversized_tensors_their_own_shard():
 
 def test_existing_output_is_refused_then_replaced_with_overwrite(converted, openai_ckpt, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    shutil.copytree(converted[0], out)
+    (out / "model.safetensors").write_bytes(b"stale")
     with pytest.raises(FileExistsError, match="overwrite"):
         convert_openai_checkpoint(openai_ckpt, out, verify=False)
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "model.safetensors").read_bytes() == b"stale"
     convert_openai_checkpoint(openai_ckpt, out, verify=False, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert (out / "model.safetensors").read_bytes() == (converted[0] / "model.safetensors").read_bytes()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["parent", "grandparent", "inside"])
+def test_overwrite_never_deletes_the_source_checkpoint(openai_ckpt, tmp_path, where):
+    """`convert-openai SRC OUT --overwrite` with OUT containing SRC used to delete SRC and its siblings (exit 0)."""
+    source = tmp_path / "downloads" / "models" / "124M"
+    shutil.copytree(openai_ckpt, source)
+    (tmp_path / "downloads" / "models" / "notes.txt").write_text("mine")
+    out = {"parent": source.parent, "grandparent": source.parent.parent, "inside": source / "hf"}[where]
+    before = _tree(tmp_path)
+    with pytest.raises(ValueError, match="(contains|lies inside) the checkpoint folder"):
+        convert_openai_checkpoint(source, out, verify=False, overwrite=True)
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("content", ["unrelated folder", "converted folder plus a user file", "a file"])
+def test_overwrite_replaces_only_a_converted_model_folder(converted, openai_ckpt, tmp_path, content):
+    out = tmp_path / "out"
+    if content == "unrelated folder":
+        out.mkdir()
+        (out / "thesis.tex").write_text("mine")
+        (out / "config.json").write_text("{}")
+    elif content == "converted folder plus a user file":
+        shutil.copytree(converted[0], out)
+        (out / "results").mkdir()
+        (out / "results" / "eval.json").write_text("{}")
+    else:
+        out.write_text("mine")
+    before = _tree(tmp_path)
+    with pytest.raises(FileExistsError, match="(not a ScratchGPT model folder|would delete them|not a folder)"):
+        convert_openai_checkpoint(openai_ckpt, out, verify=False, overwrite=True)
+    assert _tree(tmp_path) == before
 
 
 def test_cli_converts_and_prints_the_report(openai_ckpt, tmp_path, capsys):
