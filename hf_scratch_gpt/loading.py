@@ -29,6 +29,7 @@ from .modeling_scratch_gpt import ScratchGPTForCausalLM
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
+INTERRUPTED_FINAL_SAVE_NAME = ".complete-final"  # see training/final_save.py
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 # Weight formats that are read through pickle (or a framework we do not load); never used.
@@ -154,6 +155,11 @@ def check_model_folder(folder: str | os.PathLike) -> ScratchGPTConfig:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
+    if (folder / INTERRUPTED_FINAL_SAVE_NAME).is_dir():
+        raise ValueError(
+            f"{folder} holds {INTERRUPTED_FINAL_SAVE_NAME}: a final save was interrupted while its files were being "
+            f"moved into place; run the same `train` command again (it completes the move first)"
+        )
     config = read_config(folder)
     expected = {name: tuple(tensor.shape) for name, tensor in _shape_only_state_dict(config).items()}
     found: dict[str, tuple[int, ...]] = {}

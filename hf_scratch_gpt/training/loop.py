@@ -52,6 +52,7 @@ from .components import (
     remove_stale_staging,
     resolve_resume,
 )
+from .final_save import finish_interrupted_final_save, publish_final_save, start_final_save
 from .plots import plot_loss_curves
 from .resume import LOOP_STATE_NAME, read_loop_checkpoint
 
@@ -154,6 +155,7 @@ def train_with_accelerate(
         train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, model, documents)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        finish_interrupted_final_save(output_dir)
         remove_stale_staging(output_dir)
 
     generator = torch.Generator().manual_seed(loop_args.seed)
@@ -256,12 +258,17 @@ def train_with_accelerate(
     unwrapped = accelerator.unwrap_model(model)
     state_dict = accelerator.get_state_dict(model)  # full weights on the main process, also under FSDP
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(output_dir, state_dict=state_dict)
-        tokenizer.save_pretrained(output_dir)
-        result["plot"] = str(plot_loss_curves(history, output_dir / "loss.png", title="ScratchGPT (Accelerate loop)"))
+        # Written into a staging folder and moved into place when complete: a kill while saving never leaves
+        # truncated weights next to a new config (training/final_save.py).
+        staging = start_final_save(output_dir)
+        unwrapped.save_pretrained(staging, state_dict=state_dict)
+        tokenizer.save_pretrained(staging)
+        plot_loss_curves(history, staging / "loss.png", title="ScratchGPT (Accelerate loop)")
+        result["plot"] = str(output_dir / "loss.png")
         result["metrics_file"] = str(output_dir / "metrics.json")
         record = {**result, "arguments": {**asdict(model_args), **asdict(data_args), **asdict(loop_args)}}
-        (output_dir / "metrics.json").write_text(json.dumps({**record, "history": history}, indent=2), encoding="utf-8")
+        (staging / "metrics.json").write_text(json.dumps({**record, "history": history}, indent=2), encoding="utf-8")
+        publish_final_save(staging, output_dir)
     accelerator.wait_for_everyone()
     return result
 

@@ -50,6 +50,7 @@ from .components import (
     remove_stale_staging,
     resolve_resume,
 )
+from .final_save import FINAL_STAGING_NAME, finish_interrupted_final_save, publish_final_save, start_final_save
 from .plots import plot_loss_curves
 from .resume import check_trainer_checkpoint
 
@@ -194,11 +195,19 @@ def train_with_trainer(
         callbacks=[history, *callbacks],
     )
     if trainer.is_world_process_zero():
+        finish_interrupted_final_save(output_dir)
         remove_stale_staging(output_dir)
     resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)
     eval_metrics = trainer.evaluate()
-    trainer.save_model(str(output_dir))  # weights (safetensors), config, model code and tokenizer
+    # The final model is written into a staging folder and moved into place only when complete, so a kill while
+    # saving never leaves truncated weights next to a new config (training/final_save.py).
+    staging = output_dir / FINAL_STAGING_NAME
+    if trainer.is_world_process_zero():
+        start_final_save(output_dir)
+    trainer.accelerator.wait_for_everyone()
+    # weights (safetensors), config, model code and tokenizer; every process takes part (FSDP gathers the weights)
+    trainer.save_model(str(staging), _internal_call=True)
 
     result: dict[str, Any] = {
         "train_loss": train_result.training_loss,
@@ -211,9 +220,14 @@ def train_with_trainer(
     if trainer.is_world_process_zero():
         # After a resume, the callback only saw the new logs: rebuild the curve from the complete log history.
         records = _history_from_log(trainer.state.log_history) or history.history
-        result["plot"] = str(plot_loss_curves(records, output_dir / "loss.png"))
+        plot_loss_curves(records, staging / "loss.png")
+        result["plot"] = str(output_dir / "loss.png")
         result["metrics_file"] = str(output_dir / "metrics.json")
-        write_json({**result, "history": records}, output_dir / "metrics.json")
+        write_json({**result, "history": records}, staging / "metrics.json")
+        publish_final_save(staging, output_dir)
+    trainer.accelerator.wait_for_everyone()
+    if training_args.push_to_hub:  # what save_model(output_dir) did before the final save was staged
+        trainer.push_to_hub(commit_message="Model save", revision=training_args.hub_revision)
     return result
 
 
