@@ -13,7 +13,10 @@ batch (`num_items_in_batch`, counted across processes), and multiplied by the nu
 averages gradients. So 2 processes × 2 examples give the same step as 1 process × 4 examples.
 
 Checkpoints (`checkpoint-N`) are written into a staging folder and renamed when complete; model weights are
-safetensors. A NaN/inf loss stops the run before the bad update, naming the step and the last good checkpoint.
+safetensors, and the step, history and LR scheduler state are JSON (`loop_state.json`): nothing a resume reads is
+unpickled beyond `torch.load(weights_only=True)`, and the folder is checked first (`resume.py`). The final model is
+staged and moved into place when complete (`final_save.py`). A NaN/inf loss stops the run before the bad update,
+naming the step and the last good checkpoint.
 """
 
 from __future__ import annotations

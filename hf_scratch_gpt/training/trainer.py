@@ -13,6 +13,11 @@ What `ScratchGPTTrainer` adds to `Trainer`, and why:
   never see the per-step loss, only logged averages, after the bad update has been applied.)
 - Atomic checkpoints. Each checkpoint is written into a staging folder and renamed to `checkpoint-N` when complete,
   so a run killed while saving never leaves a half-written `checkpoint-N` for `resume_from_checkpoint` to pick.
+- Safe resume. Before `Trainer` reads a checkpoint, `training/resume.py` checks it: every tensor present with the
+  model's shape (Trainer loads with `strict=False`), optimizer, scheduler and RNG files present (Trainer skips missing
+  ones) and readable with `torch.load(weights_only=True)`.
+- Atomic final save. The final model, tokenizer, `metrics.json` and `loss.png` are staged and moved into `output_dir`
+  only when complete (`training/final_save.py`).
 - Metrics: `preprocess_logits_for_metrics` reduces each batch's logits to per-example NLL sums, scored counts and
   argmax ids (full logits are never gathered); `compute_metrics` turns them into `perplexity` (token-weighted) and
   next-token `accuracy` through the package's `evaluate` modules.
