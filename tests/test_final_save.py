@@ -105,3 +105,47 @@ def test_kill_while_moving_files_in_is_rolled_forward(tmp_path, monkeypatch):
     assert loaded.config.n_layer == 1
     for name, tensor in new.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+KILLED_DURING_FINAL_SAVE = """
+import os, sys, time
+import transformers.modeling_utils as modeling_utils
+original = modeling_utils.safe_save_file
+def write_half_then_hang(tensors, filename, *args, **kwargs):
+    original(tensors, filename, *args, **kwargs)
+    if "checkpoint-" not in str(filename):  # the final model: leave half a file, then wait for SIGKILL
+        data = open(filename, "rb").read()
+        open(filename, "wb").write(data[: len(data) // 2])
+        open(os.environ["MARKER"], "w").close()
+        time.sleep(600)
+modeling_utils.safe_save_file = write_half_then_hang
+from hf_scratch_gpt.training.loop import loop_from_argv
+loop_from_argv(sys.argv[1:])
+"""
+
+
+def test_sigkill_during_the_final_save_keeps_the_previous_final_model(tmp_path, corpus_file):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_accelerate_loop import loop_flags
+
+    out = tmp_path / "run"
+    RUNS["accelerate"](out, corpus_file, 2, 0)
+    before = top_level_files(out)
+    marker = tmp_path / "writing-final-weights"
+    flags = loop_flags(out, corpus_file, max_steps="3", save_steps="100", eval_steps="100", seed="1")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MARKER": str(marker)}
+    victim = subprocess.Popen([sys.executable, "-c", KILLED_DURING_FINAL_SAVE, *flags], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert victim.poll() is None, f"the run ended (exit {victim.returncode}) before its final save"
+        assert time.monotonic() < deadline, "the final save never started"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert top_level_files(out) == before
+    load_model(out)
