@@ -1,15 +1,16 @@
 """Load a saved ScratchGPT folder (or Hub repo) with clear errors and without ever unpickling weights.
 
 `from_pretrained` alone, on transformers 5.23, answers bad folders obscurely or not at all (measured, see
-`tests/test_loading.py`):
+`tests/test_loading.py`; the model class's own `from_pretrained` hooks now refuse the items marked *):
 
 - a truncated or corrupted `model.safetensors` → `SafetensorError: Error while deserializing header: ...`
-  without the file's name;
+  without the file's name (*);
 - a folder without `config.json` → "Unrecognized model in DIR. Should have a `model_type` key";
 - `model_type: gpt2` → a size-mismatch report (and, for square projections, silently transposed weights);
   an unknown `model_type` → a `trust_remote_code` prompt;
-- a folder holding only `pytorch_model.bin` → loads it through pickle;
-- a checkpoint missing a tensor → loads with that tensor freshly initialised (only a logged report).
+- a folder holding only `pytorch_model.bin` → loads it through pickle (*);
+- a checkpoint missing a tensor → loads with that tensor freshly initialised, only a logged report (*);
+- a `model.safetensors.index.json` naming `../x.safetensors` or an absolute path → reads it (*).
 
 `load_model` checks each of these first and raises `FileNotFoundError`/`ValueError` naming the file.
 """

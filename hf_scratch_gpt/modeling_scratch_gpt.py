@@ -358,7 +358,6 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         return loading_info
 
 
-
 def _check_weight_files(checkpoint_files: list[str], sharded_metadata: dict | None) -> None:
     """Refuse weight files that are not safetensors (pickle can run code), shard names in a
     `model.safetensors.index.json` that are not plain file names (`../x`, `/abs/x`: files outside the folder), and
