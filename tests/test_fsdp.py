@@ -1,0 +1,124 @@
+"""FSDP (FSDP2, `fully_shard`) in the Accelerate loop, run for real: 2 CPU processes (gloo).
+
+- `accelerate launch --config_file examples/accelerate_fsdp.yaml` (the documented command) gives the loss curve of
+  one unsharded process with the same global batch, with gradient accumulation and clipping active;
+- its checkpoints are sharded (one safetensors file per process, no pickle), and a `torchrun ... --fsdp true` run
+  resumed from one reaches the same final loss;
+- the final folder holds the full weights and loads with `from_pretrained` to the logits of the unsharded run.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+import hf_scratch_gpt  # noqa: F401  (registers the Auto classes)
+from helpers import SMALL
+from hf_scratch_gpt.training.fsdp import fsdp_options_from_accelerate_env
+from hf_scratch_gpt.training.loop import parse_loop_arguments, train_with_accelerate
+from test_accelerate_loop import history, loop_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+# Clipping at 0.05 is active on every step here, so a norm taken over one process's shard alone would show.
+FLAGS = {"max_grad_norm": "0.05", "gradient_accumulation_steps": "2"}
+
+
+def launch(command, timeout=300):
+    completed = subprocess.run([sys.executable, *command], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                               timeout=timeout)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, corpus_file):
+    """One unsharded process, and 2 FSDP processes launched through the documented accelerate config."""
+    tmp = tmp_path_factory.mktemp("fsdp")
+    one = train_with_accelerate(*parse_loop_arguments(loop_flags(tmp / "one", corpus_file, **FLAGS)))
+    launch(["-m", "accelerate.commands.launch", "--config_file", "examples/accelerate_fsdp.yaml",
+            "--num_processes", "2", "--main_process_port", "29541", "examples/accelerate_loop.py",
+            *loop_flags(tmp / "two", corpus_file, **FLAGS)])  # fmt: skip
+    return tmp, one
+
+
+def test_two_fsdp_processes_equal_one_process(runs):
+    tmp, one = runs
+    metrics = json.loads((tmp / "two" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["fsdp"] is True
+    torch.testing.assert_close(torch.tensor(history(tmp / "two", "loss")), torch.tensor(history(tmp / "one", "loss")),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(torch.tensor(history(tmp / "two", "eval_loss")),
+                               torch.tensor(history(tmp / "one", "eval_loss")), rtol=1e-5, atol=1e-5)  # fmt: skip
+    assert history(tmp / "one", "loss")[-1] < history(tmp / "one", "loss")[0]
+
+
+def test_checkpoints_are_sharded_safetensors(runs):
+    tmp, _ = runs
+    checkpoint = tmp / "two" / "checkpoint-3"
+    assert sorted(path.suffix for path in checkpoint.iterdir()) == [".json", ".json", ".json", ".safetensors", ".safetensors"]
+    config = json.loads((tmp / "two" / "config.json").read_text())
+    rows = []
+    for rank in range(2):
+        with safe_open(str(checkpoint / f"fsdp-shard-{rank}-of-2.safetensors"), "pt") as shard:
+            rows.append(shard.get_slice("model/transformer.wte.weight").get_shape()[0])
+            assert shard.get_slice("optimizer/0/exp_avg").get_shape()[0] == rows[-1]
+    assert sum(rows) == config["vocab_size"] and max(rows) < config["vocab_size"]  # each process holds part of it
+
+
+def test_sharded_checkpoint_resumes_to_the_same_final_loss(runs, corpus_file):
+    tmp, _ = runs
+    (tmp / "resumed").mkdir()
+    shutil.copytree(tmp / "two" / "checkpoint-3", tmp / "resumed" / "checkpoint-3")
+    launch(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29542",
+            "-m", "hf_scratch_gpt.cli", "train", "--loop", "accelerate",
+            *loop_flags(tmp / "resumed", corpus_file, fsdp="true", resume_from_checkpoint="last", **FLAGS)])  # fmt: skip
+    resumed = json.loads((tmp / "resumed" / "metrics.json").read_text())
+    full = json.loads((tmp / "two" / "metrics.json").read_text())
+    assert resumed["resumed_from"].endswith("checkpoint-3") and resumed["fsdp"] is True
+    assert history(tmp / "resumed", "loss") == pytest.approx(history(tmp / "two", "loss"), abs=1e-6)
+    assert resumed["eval_loss"] == pytest.approx(full["eval_loss"], abs=1e-6)
+
+
+def test_final_full_weights_load_with_from_pretrained_to_the_same_logits(runs):
+    tmp, _ = runs
+    assert (tmp / "two" / "model.safetensors").is_file()
+    assert json.loads((tmp / "two" / "config.json").read_text())["architectures"] == ["ScratchGPTForCausalLM"]
+    sharded = AutoModelForCausalLM.from_pretrained(tmp / "two").eval()
+    unsharded = AutoModelForCausalLM.from_pretrained(tmp / "one").eval()
+    input_ids = torch.randint(0, sharded.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(sharded(input_ids).logits, unsharded(input_ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_fsdp_in_one_process_is_refused(tmp_path, corpus_file):
+    with pytest.raises(ValueError, match="FSDP needs several processes"):
+        train_with_accelerate(*parse_loop_arguments(loop_flags(tmp_path, corpus_file, fsdp="true")))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [({"FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_offload_params"), ({"FSDP_VERSION": "1"}, "fsdp_version 1"),
+     ({"FSDP_TRANSFORMER_CLS_TO_WRAP": "GPT2Block"}, "GPT2Block")],
+)  # fmt: skip
+def test_accelerate_fsdp_settings_the_loop_cannot_honour_are_refused(monkeypatch, setting, message):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        fsdp_options_from_accelerate_env()
+
+
+def test_accelerate_fsdp_settings_are_read(monkeypatch):
+    assert fsdp_options_from_accelerate_env() is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
+    assert fsdp_options_from_accelerate_env().reshard_after_forward is False
+    assert "ACCELERATE_USE_FSDP" not in os.environ  # consumed: the Accelerator must not set up FSDP a second time
