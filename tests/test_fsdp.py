@@ -122,3 +122,61 @@ def test_accelerate_fsdp_settings_are_read(monkeypatch):
     monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
     assert fsdp_options_from_accelerate_env().reshard_after_forward is False
     assert "ACCELERATE_USE_FSDP" not in os.environ  # consumed: the Accelerator must not set up FSDP a second time
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo process group of one (in this process), for the checkpoint functions; torn down afterwards."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_sharded_checkpoint_round_trip_and_refusals(one_process_group, tmp_path):
+    from transformers import get_scheduler
+
+    from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+    from hf_scratch_gpt.training.fsdp import (
+        FSDP_LAYOUT_NAME,
+        load_sharded_checkpoint,
+        save_sharded_checkpoint,
+        shard_model,
+    )
+
+    def build():
+        torch.manual_seed(0)
+        model = shard_model(ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny")))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        return model, optimizer, get_scheduler("cosine", optimizer, 0, 10)
+
+    model, optimizer, scheduler = build()
+    input_ids = torch.randint(0, 512, (2, 8), generator=torch.Generator().manual_seed(0))
+    model(input_ids, labels=input_ids).loss.backward()
+    optimizer.step()
+    scheduler.step()
+    save_sharded_checkpoint(model, optimizer, scheduler, tmp_path)
+    assert not any(path.suffix in (".pkl", ".pt", ".bin", ".pth") for path in tmp_path.iterdir())
+
+    restored, restored_optimizer, restored_scheduler = build()
+    load_sharded_checkpoint(restored, restored_optimizer, restored_scheduler, tmp_path)
+    for (name, param), (_, expected) in zip(restored.named_parameters(), model.named_parameters()):
+        torch.testing.assert_close(param.full_tensor(), expected.full_tensor(), rtol=0, atol=0, msg=name)
+    for param, expected in zip(restored.parameters(), model.parameters()):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            got, want = restored_optimizer.state[param][key], optimizer.state[expected][key]
+            got, want = (t.full_tensor() if hasattr(t, "full_tensor") else t for t in (got, want))
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert restored_scheduler.state_dict() == scheduler.state_dict()
+
+    layout = json.loads((tmp_path / FSDP_LAYOUT_NAME).read_text())
+    (tmp_path / FSDP_LAYOUT_NAME).write_text(json.dumps({**layout, "world_size": 2}))
+    with pytest.raises(ValueError, match="saved by 2 processes; resume it with as many"):
+        load_sharded_checkpoint(restored, restored_optimizer, restored_scheduler, tmp_path)
+    (tmp_path / FSDP_LAYOUT_NAME).write_text(json.dumps(layout))
+    (tmp_path / "fsdp-shard-0-of-1.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="fsdp-shard-0-of-1.safetensors"):
+        load_sharded_checkpoint(restored, restored_optimizer, restored_scheduler, tmp_path)
