@@ -106,7 +106,10 @@ def test_fsdp_in_one_process_is_refused(tmp_path, corpus_file):
 @pytest.mark.parametrize(
     ("setting", "message"),
     [({"FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_offload_params"), ({"FSDP_VERSION": "1"}, "fsdp_version 1"),
-     ({"FSDP_TRANSFORMER_CLS_TO_WRAP": "GPT2Block"}, "GPT2Block")],
+     ({"FSDP_TRANSFORMER_CLS_TO_WRAP": "GPT2Block"}, "GPT2Block"),
+     ({"FSDP_AUTO_WRAP_POLICY": "SIZE_BASED_WRAP"}, "SIZE_BASED_WRAP"),
+     ({"FSDP_ACTIVATION_CHECKPOINTING": "true"}, "fsdp_activation_checkpointing"),
+     ({"FSDP_RESHARD_AFTER_FORWARD": "SHARD_GRAD_OP"}, "must be true or false")],
 )  # fmt: skip
 def test_accelerate_fsdp_settings_the_loop_cannot_honour_are_refused(monkeypatch, setting, message):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")

@@ -46,8 +46,11 @@ class FSDPOptions:
     reshard_after_forward: bool = True  # free a block's gathered weights after its forward (ZeRO-3); False = ZeRO-2
 
 
+_BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
 def _env_flag(name: str, default: str = "false") -> bool:
-    return os.environ.get(name, default).strip().lower() in ("1", "true", "yes")
+    return _BOOLEANS.get(os.environ.get(name, default).strip().lower(), False)
 
 
 def fsdp_options_from_accelerate_env() -> FSDPOptions | None:
@@ -66,10 +69,17 @@ def fsdp_options_from_accelerate_env() -> FSDPOptions | None:
     wrap = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", FSDP_UNIT)
     if wrap and wrap != FSDP_UNIT:
         raise ValueError(f"accelerate config: fsdp_transformer_layer_cls_to_wrap is {wrap!r}; this model's FSDP unit is {FSDP_UNIT!r}")
+    policy = os.environ.get("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP")
+    if policy.upper() != "TRANSFORMER_BASED_WRAP":
+        raise ValueError(f"accelerate config: fsdp_auto_wrap_policy {policy!r} is not supported; this loop wraps each "
+                         f"{FSDP_UNIT} (TRANSFORMER_BASED_WRAP)")  # fmt: skip
     for name in ("FSDP_OFFLOAD_PARAMS", "FSDP_ACTIVATION_CHECKPOINTING"):
         if _env_flag(name):
             raise ValueError(f"accelerate config: {name.lower()}: true is not supported by this loop's FSDP route")
-    return FSDPOptions(reshard_after_forward=_env_flag("FSDP_RESHARD_AFTER_FORWARD", "true"))
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower()
+    if reshard not in _BOOLEANS:  # FSDP2 takes a bool (accelerate refuses FSDP1 strategy names with version 2 too)
+        raise ValueError(f"accelerate config: fsdp_reshard_after_forward must be true or false for FSDP2, got {reshard!r}")
+    return FSDPOptions(reshard_after_forward=_BOOLEANS[reshard])
 
 
 def shard_model(model: nn.Module, options: FSDPOptions = FSDPOptions()) -> nn.Module:
