@@ -98,9 +98,12 @@ def test_final_full_weights_load_with_from_pretrained_to_the_same_logits(runs):
         torch.testing.assert_close(sharded(input_ids).logits, unsharded(input_ids).logits, rtol=1e-5, atol=1e-5)
 
 
-def test_fsdp_in_one_process_is_refused(tmp_path, corpus_file):
+def test_fsdp_in_one_process_or_with_fp16_is_refused(tmp_path, corpus_file):
     with pytest.raises(ValueError, match="FSDP needs several processes"):
         train_with_accelerate(*parse_loop_arguments(loop_flags(tmp_path, corpus_file, fsdp="true")))
+    with pytest.raises(ValueError, match="fp16 is not supported"):
+        train_with_accelerate(*parse_loop_arguments(loop_flags(tmp_path, corpus_file, fsdp="true",
+                                                               mixed_precision="fp16")))  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -190,6 +190,9 @@ def train_with_accelerate(
     model_args: ModelArguments, data_args: DataArguments, loop_args: LoopArguments
 ) -> dict[str, Any]:
     fsdp_options = _fsdp_options(loop_args)
+    if fsdp_options is not None and loop_args.mixed_precision == "fp16":
+        # fp16 needs a gradient scaler that understands sharded gradients (and clipping after unscaling); bf16 does not.
+        raise ValueError("FSDP with --mixed_precision fp16 is not supported by this loop; use bf16 or no")
     accelerator = Accelerator(
         # accelerate picks MULTI_CPU (gloo) under torchrun only when told it runs on CPU; with no GPU/XPU/MPS that is
         # the only option, and without it each process would silently train alone.
@@ -207,6 +210,11 @@ def train_with_accelerate(
             f"global_batch_size {loop_args.global_batch_size} must be divisible by processes ({processes}) × "
             f"gradient_accumulation_steps ({accumulation})"
         )
+    if fsdp_options is not None and processes < 2:
+        raise ValueError(
+            "FSDP needs several processes: launch with `torchrun --nproc_per_node N` or `accelerate launch` "
+            f"(this run has {processes})"
+        )
 
     with accelerator.main_process_first():  # one process fills the datasets cache, the others read it
         documents = load_and_split(data_args)
@@ -217,11 +225,6 @@ def train_with_accelerate(
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(output_dir)
     if fsdp_options is not None:
-        if processes < 2:
-            raise ValueError(
-                "FSDP needs several processes: launch with `torchrun --nproc_per_node N` or `accelerate launch` "
-                f"(this run has {processes})"
-            )
         # Shard before the optimizer exists: it must hold the sharded parameters (DTensors), not the full ones.
         model = shard_model(model.to(accelerator.device), fsdp_options)
 
