@@ -267,13 +267,15 @@ def check_training_throughput(plan: Plan) -> list[dict]:
                                      torch.bfloat16)  # fmt: skip
         per_token = flops_per_token(pair[1], plan.train_seq)
         numbers = {**tokens, "flops_per_token": per_token, "measured_bf16_peak": measured_peak}
-        text = (f"tokens/s GPT-2 {tokens['gpt2']:.0f}, ours {tokens['ours']:.0f} ({tokens['ours'] / tokens['gpt2']:.2f}×);"
-                f" MFU vs measured bf16 matmul peak {measured_peak / 1e12:.1f} TFLOP/s: GPT-2 "
-                f"{tokens['gpt2'] * per_token / measured_peak:.1%}, ours {tokens['ours'] * per_token / measured_peak:.1%}")
+        mfu = {name: tokens[name] * per_token for name in ("gpt2", "ours")}  # achieved FLOP/s
+        text = (f"tokens/s GPT-2 {tokens['gpt2']:.0f}, ours {tokens['ours']:.0f} "
+                f"({tokens['ours'] / tokens['gpt2']:.2f}×); MFU vs measured bf16 matmul peak "
+                f"{measured_peak / 1e12:.1f} TFLOP/s: GPT-2 {mfu['gpt2'] / measured_peak:.1%}, "
+                f"ours {mfu['ours'] / measured_peak:.1%}")  # fmt: skip
         if sheet_peak:
             numbers["sheet_bf16_peak"] = sheet_peak
-            text += (f"; vs data-sheet {sheet_peak / 1e12:.0f} TFLOP/s: GPT-2 {tokens['gpt2'] * per_token / sheet_peak:.1%}, "
-                     f"ours {tokens['ours'] * per_token / sheet_peak:.1%}")
+            text += (f"; vs data-sheet {sheet_peak / 1e12:.0f} TFLOP/s: GPT-2 {mfu['gpt2'] / sheet_peak:.1%}, "
+                     f"ours {mfu['ours'] / sheet_peak:.1%}")  # fmt: skip
         rows.append(row(f"training bf16 autocast, {preset}, B{plan.train_batch}×T{plan.train_seq}", "measured", text,
                         **numbers))  # fmt: skip
         del pair
@@ -292,7 +294,8 @@ def check_decoding(plan: Plan) -> list[dict]:
         floor = bandwidth / weight_bytes_per_token(pair[1])
         rows.append(row(
             f"decoding {dtype_name}, {plan.decode_preset}, batch 1, {plan.decode_new_tokens} new tokens", "measured",
-            f"tokens/s GPT-2 {result['gpt2']:.1f}, ours {result['ours']:.1f} ({result['ours'] / result['gpt2']:.2f}×); "
+            f"tokens/s GPT-2 {result['gpt2']:.1f}, ours {result['ours']:.1f} "
+            f"({result['ours'] / result['gpt2']:.2f}×); "
             f"bandwidth floor {floor:.0f} tokens/s at {bandwidth / 1e9:.0f} GB/s; greedy ids equal: "
             f"{result['greedy_ids_equal']}",
             **result, floor_tokens_per_s=floor, read_bandwidth=bandwidth,
@@ -338,7 +341,8 @@ def check_compile(plan: Plan) -> list[dict]:
                                      plan.train_steps, torch.bfloat16)  # fmt: skip  ('gpt2' = eager, 'ours' = compiled)
         rows.append(row(f"torch.compile training bf16, {preset}, B{plan.train_batch}×T{plan.train_seq}", "measured",
                         f"tokens/s eager {tokens['gpt2']:.0f}, compiled {tokens['ours']:.0f} "
-                        f"({tokens['ours'] / tokens['gpt2']:.2f}×)", eager=tokens["gpt2"], compiled=tokens["ours"]))  # fmt: skip
+                        f"({tokens['ours'] / tokens['gpt2']:.2f}×)",
+                        eager=tokens["gpt2"], compiled=tokens["ours"]))  # fmt: skip
     return rows
 
 
@@ -426,7 +430,8 @@ def main(argv=None) -> int:
     if plan.device == "cuda":
         torch.set_float32_matmul_precision("highest")  # no TF32: the float32 parity bound is 1e-5
     if plan.device == "cpu":
-        print("No CUDA device: running the CPU subset at tiny shapes (speed numbers mean nothing here).", file=sys.stderr)
+        print("No CUDA device: running the CPU subset at tiny shapes (speed numbers mean nothing here).",
+              file=sys.stderr)  # fmt: skip
     env = environment(plan)
     with tempfile.TemporaryDirectory() as workdir:
         rows, skipped = run_checks(plan, Path(workdir))

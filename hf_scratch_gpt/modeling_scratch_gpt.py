@@ -168,10 +168,10 @@ def chunked_causal_lm_loss(
     chunk_size: int = 1024,
     shift_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`causal_lm_loss(hidden_states @ weightᵀ, labels, ..., shift_labels=...)` without ever holding the (B, T, V) logits.
+    """`causal_lm_loss(hidden_states @ weightᵀ, labels, ..., shift_labels=...)` without holding the (B, T, V) logits.
 
-    Same shift (or none with `shift_labels`), -100 masking, float32 accumulation, `num_items_in_batch` and label-smoothing semantics, equal to
-    float32 rounding in value and gradients. Only the scored positions are projected, `chunk_size` at a time, so
+    Same shift (or none with `shift_labels`), -100 masking, float32 accumulation, `num_items_in_batch` and
+    label-smoothing semantics, equal to float32 rounding in value and gradients. Only the scored positions are projected, `chunk_size` at a time, so
     peak memory for the head is one (chunk_size, V) float32 buffer instead of the logits, their float32 copy and
     their gradient.
     """
@@ -529,7 +529,8 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
                 raise ValueError(f"shift_labels must be an integer tensor of token ids, got dtype {shift_labels.dtype}")
             if reference is not None and shift_labels.shape != reference.shape:
                 raise ValueError(
-                    f"shift_labels shape {tuple(shift_labels.shape)} does not match the input shape {tuple(reference.shape)}"
+                    f"shift_labels shape {tuple(shift_labels.shape)} does not match the input shape "
+                    f"{tuple(reference.shape)}"
                 )
         outputs: BaseModelOutputWithPast = self.transformer(
             input_ids=input_ids,

@@ -20,7 +20,6 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 import hf_scratch_gpt  # noqa: F401  (registers the Auto classes)
-from helpers import SMALL
 from hf_scratch_gpt.training.fsdp import fsdp_options_from_accelerate_env
 from hf_scratch_gpt.training.loop import parse_loop_arguments, train_with_accelerate
 from test_accelerate_loop import history, loop_flags
@@ -63,7 +62,8 @@ def test_two_fsdp_processes_equal_one_process(runs):
 def test_checkpoints_are_sharded_safetensors(runs):
     tmp, _ = runs
     checkpoint = tmp / "two" / "checkpoint-3"
-    assert sorted(path.suffix for path in checkpoint.iterdir()) == [".json", ".json", ".json", ".safetensors", ".safetensors"]
+    suffixes = sorted(path.suffix for path in checkpoint.iterdir())
+    assert suffixes == [".json", ".json", ".json", ".safetensors", ".safetensors"]
     config = json.loads((tmp / "two" / "config.json").read_text())
     rows = []
     for rank in range(2):
@@ -79,7 +79,8 @@ def test_sharded_checkpoint_resumes_to_the_same_final_loss(runs, corpus_file):
     shutil.copytree(tmp / "two" / "checkpoint-3", tmp / "resumed" / "checkpoint-3")
     launch(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29542",
             "-m", "hf_scratch_gpt.cli", "train", "--loop", "accelerate",
-            *loop_flags(tmp / "resumed", corpus_file, fsdp="true", resume_from_checkpoint="last", **FLAGS)])  # fmt: skip
+            *loop_flags(tmp / "resumed", corpus_file, fsdp="true", resume_from_checkpoint="last",
+                        **FLAGS)])  # fmt: skip
     resumed = json.loads((tmp / "resumed" / "metrics.json").read_text())
     full = json.loads((tmp / "two" / "metrics.json").read_text())
     assert resumed["resumed_from"].endswith("checkpoint-3") and resumed["fsdp"] is True

@@ -42,6 +42,6 @@ def test_cpu_subset_says_what_it_skipped(report):
 
 def test_a_failing_check_fails_the_run(monkeypatch, tmp_path):
     """The exit status carries a failure (so a GPU run that breaks parity is not reported as fine)."""
-    monkeypatch.setattr(gpu_check, "run_checks",
-                        lambda plan, workdir: ([gpu_check.row("parity float32, sdpa", "fail", "logits 1e-2")], []))  # fmt: skip
+    failing = gpu_check.row("parity float32, sdpa", "fail", "logits 1e-2")
+    monkeypatch.setattr(gpu_check, "run_checks", lambda plan, workdir: ([failing], []))
     assert gpu_check.main(["--cpu", "--out", str(tmp_path / "out.json")]) == 1

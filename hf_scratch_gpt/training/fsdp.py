@@ -65,10 +65,15 @@ def fsdp_options_from_accelerate_env() -> FSDPOptions | None:
     os.environ.pop("ACCELERATE_USE_FSDP")
     version = os.environ.get("FSDP_VERSION", "2")
     if version != "2":
-        raise ValueError(f"accelerate config: fsdp_version {version} is not supported; this loop uses FSDP2 (set fsdp_version: 2)")
+        raise ValueError(
+            f"accelerate config: fsdp_version {version} is not supported; this loop uses FSDP2 (set fsdp_version: 2)"
+        )
     wrap = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", FSDP_UNIT)
     if wrap and wrap != FSDP_UNIT:
-        raise ValueError(f"accelerate config: fsdp_transformer_layer_cls_to_wrap is {wrap!r}; this model's FSDP unit is {FSDP_UNIT!r}")
+        raise ValueError(
+            f"accelerate config: fsdp_transformer_layer_cls_to_wrap is {wrap!r}; this model's FSDP unit is "
+            f"{FSDP_UNIT!r}"
+        )
     policy = os.environ.get("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP")
     if policy.upper() != "TRANSFORMER_BASED_WRAP":
         raise ValueError(f"accelerate config: fsdp_auto_wrap_policy {policy!r} is not supported; this loop wraps each "
@@ -78,7 +83,9 @@ def fsdp_options_from_accelerate_env() -> FSDPOptions | None:
             raise ValueError(f"accelerate config: {name.lower()}: true is not supported by this loop's FSDP route")
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower()
     if reshard not in _BOOLEANS:  # FSDP2 takes a bool (accelerate refuses FSDP1 strategy names with version 2 too)
-        raise ValueError(f"accelerate config: fsdp_reshard_after_forward must be true or false for FSDP2, got {reshard!r}")
+        raise ValueError(
+            f"accelerate config: fsdp_reshard_after_forward must be true or false for FSDP2, got {reshard!r}"
+        )
     return FSDPOptions(reshard_after_forward=_BOOLEANS[reshard])
 
 
@@ -131,7 +138,9 @@ def unsharded_copy(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.
     missing, unexpected = plain.load_state_dict(state_dict, strict=False)
     missing = [key for key in missing if key not in plain._tied_weights_keys]
     if missing or unexpected:
-        raise ValueError(f"full state dict does not match {plain_class.__name__}: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"full state dict does not match {plain_class.__name__}: missing {missing}, unexpected {unexpected}"
+        )
     plain.tie_weights()
     return plain
 
@@ -182,7 +191,9 @@ def _like(saved: torch.Tensor, reference: torch.Tensor, what: str) -> torch.Tens
     """`saved` (this process's rows) as a tensor laid out like `reference` (a DTensor shard or a plain tensor)."""
     local = reference.to_local() if isinstance(reference, DTensor) else reference
     if saved.shape != local.shape:
-        raise ValueError(f"{what}: the checkpoint holds a shard of shape {tuple(saved.shape)}, expected {tuple(local.shape)}")
+        raise ValueError(
+            f"{what}: the checkpoint holds a shard of shape {tuple(saved.shape)}, expected {tuple(local.shape)}"
+        )
     saved = saved.to(device=local.device, dtype=local.dtype)
     if isinstance(reference, DTensor):
         return DTensor.from_local(saved, reference.device_mesh, reference.placements, shape=reference.shape,
