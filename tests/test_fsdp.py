@@ -187,3 +187,34 @@ def test_sharded_checkpoint_round_trip_and_refusals(one_process_group, tmp_path)
     (tmp_path / "fsdp-shard-0-of-1.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="fsdp-shard-0-of-1.safetensors"):
         load_sharded_checkpoint(restored, restored_optimizer, restored_scheduler, tmp_path)
+
+
+TRAINER_FSDP_ON_CPU = """
+import torch
+from transformers import TrainingArguments
+from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+from hf_scratch_gpt.training.trainer import ScratchGPTTrainer
+
+args = TrainingArguments(output_dir=OUTPUT_DIR, use_cpu=True, fsdp=True, report_to=[],
+                         fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["ScratchGPTBlock"]})
+model = ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny"))
+try:
+    ScratchGPTTrainer(model=model, args=args)
+except ValueError as error:
+    assert "Trainer's FSDP needs GPUs" in str(error) and "MULTI_CPU" in str(error), error
+    print("refused")
+else:
+    raise SystemExit("ScratchGPTTrainer accepted fsdp on CPU (it would train unsharded, with DDP)")
+"""
+
+
+def test_trainer_fsdp_on_cpu_is_refused_not_silently_ddp(tmp_path):
+    """Under torchrun on CPU, accelerate 1.15 drops Trainer's FSDP plugin (MULTI_CPU) and DDP would train instead."""
+    script = tmp_path / "trainer_fsdp.py"
+    script.write_text(f"OUTPUT_DIR = {str(tmp_path / 'out')!r}\n" + TRAINER_FSDP_ON_CPU)
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29543", str(script)],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert completed.stdout.count("refused") == 2
