@@ -500,7 +500,6 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
-        shift_labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
@@ -510,11 +509,15 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         num_items_in_batch (`int` or `torch.Tensor`, *optional*):
             Number of unmasked target tokens across the whole (accumulated) batch; when given, the loss is the sum
             of token losses divided by it. `Trainer` passes it under gradient accumulation.
-        shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+        shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*, keyword):
             Targets already aligned with the predictions (position t is scored against `shift_labels[t]`, no shift;
             -100 is ignored). When given, the loss uses them and not `labels`. `Trainer` passes them under context
             parallelism, where the sequence is shifted before it is sharded.
         """
+        # Taken from **kwargs, as transformers' own models do, not as a named parameter: Trainer treats every
+        # forward parameter with "label" in its name as a label column (`find_labels`) and would then expect
+        # `shift_labels` in every evaluation batch.
+        shift_labels: torch.Tensor | None = kwargs.pop("shift_labels", None)
         if labels is not None:
             reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
             if labels.dtype.is_floating_point or labels.dtype == torch.bool:

@@ -158,3 +158,45 @@ def test_bad_shift_labels_are_refused(path):
         model(input_ids, shift_labels=shift_labels.float())
     with pytest.raises(ValueError, match="shift_labels shape"):
         causal_lm_loss(torch.randn(2, 12, 5), None, shift_labels=shift_labels[:, 1:])
+
+
+def test_trainer_sees_only_labels_as_the_label_column():
+    """Trainer takes every forward parameter with "label" in its name as a label column; `shift_labels` must not be
+    one, or evaluation batches without it lose their labels (the demo's evaluation broke that way)."""
+    from transformers.utils.generic import find_labels
+
+    assert find_labels(ScratchGPTForCausalLM) == ["labels"]
+
+
+def test_trainer_trains_on_shift_labels_from_the_collator(tmp_path):
+    """A collator that hands `shift_labels` (as context parallelism does) trains exactly like one that hands only
+    `labels`, and Trainer's num_items_in_batch counts them; with shifted-again targets it would not."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    ids = torch.randint(0, 512, (8, 12), generator=torch.Generator().manual_seed(0))
+    dataset = Dataset.from_dict({"input_ids": ids.tolist()})
+
+    def collate(rows, with_shift_labels):
+        input_ids = torch.tensor([row["input_ids"] for row in rows])
+        batch = {"input_ids": input_ids, "labels": input_ids.clone()}
+        if with_shift_labels:
+            batch["shift_labels"] = F.pad(input_ids[:, 1:], (0, 1), value=-100)
+            batch["labels"] = torch.zeros_like(input_ids)  # ignored when shift_labels are given
+        return batch
+
+    losses = []
+    for with_shift_labels in (False, True):
+        torch.manual_seed(0)
+        model = ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny", resid_pdrop=0.0, embd_pdrop=0.0,
+                                                                   attn_pdrop=0.0))  # fmt: skip
+        args = TrainingArguments(output_dir=str(tmp_path / str(with_shift_labels)), use_cpu=True, max_steps=3,
+                                 per_device_train_batch_size=2, gradient_accumulation_steps=2, logging_steps=1,
+                                 report_to=[], save_strategy="no", learning_rate=1e-2, seed=0,
+                                 data_seed=0)  # fmt: skip
+        trainer = Trainer(model=model, args=args, train_dataset=dataset,
+                          data_collator=lambda rows, flag=with_shift_labels: collate(rows, flag))  # fmt: skip
+        trainer.train()
+        losses.append([entry["loss"] for entry in trainer.state.log_history if "loss" in entry])
+    assert len(losses[0]) == 3
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=1e-6)
