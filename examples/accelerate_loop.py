@@ -2,7 +2,8 @@
 
     python examples/accelerate_loop.py --output_dir runs/loop --max_steps 200
     torchrun --nproc_per_node 2 examples/accelerate_loop.py --output_dir runs/loop2      # DDP (gloo on CPU)
-    accelerate launch --config_file examples/accelerate_fsdp.yaml examples/accelerate_loop.py ...  # FSDP on GPUs
+    accelerate launch --config_file examples/accelerate_fsdp.yaml examples/accelerate_loop.py ...  # FSDP2, CPU or GPUs
+    torchrun --nproc_per_node 2 examples/accelerate_loop.py --fsdp true ...                         # the same FSDP2
 """
 
 import json

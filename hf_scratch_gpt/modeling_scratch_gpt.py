@@ -48,21 +48,42 @@ def shift_and_flatten(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return shift_logits.reshape(-1, logits.size(-1)), shift_labels.reshape(-1)
 
 
+def _check_shift_labels(shift_labels: torch.Tensor, scores: torch.Tensor) -> None:
+    """shift_labels must have one target per scored position: the shape of `scores` (B, T, ·) without its last dim."""
+    if tuple(shift_labels.shape) != tuple(scores.shape[:-1]):
+        raise ValueError(
+            f"shift_labels shape {tuple(shift_labels.shape)} does not match the scored positions "
+            f"{tuple(scores.shape[:-1])}: shift_labels are already aligned, one target per position"
+        )
+
+
 def causal_lm_loss(
     logits: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     num_items_in_batch: int | torch.Tensor | None = None,
     label_smoothing: float = 0.0,
+    shift_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over the positions whose (shifted) label is not -100.
 
+    - `labels` (B, T) are aligned with the input; the prediction at t is scored against `labels[t + 1]`.
+    - `shift_labels` (B, T), when given, are the targets already aligned with the predictions (the prediction at t
+      is scored against `shift_labels[t]`, -100 = not scored) and `labels` are ignored. Context/sequence
+      parallelism (Accelerate CP, DeepSpeed Ulysses/ALST) shifts the full sequence before sharding it, so that a
+      shard's last position still gets its target, and hands the model `shift_labels`.
     - Computed in float32 even when the model runs in bf16/fp16.
     - `num_items_in_batch` (what `Trainer` passes under gradient accumulation): the token losses are summed and
       divided by that count, so accumulated micro-batches give the same loss as one large batch.
     - When every label is -100 the loss is exactly 0.0 (and so are its gradients), never NaN: the sum over no
       tokens is 0 and the divisor is clamped to at least 1.
     """
-    flat_logits, flat_labels = shift_and_flatten(logits, labels)
+    if shift_labels is not None:
+        _check_shift_labels(shift_labels, logits)
+        flat_logits, flat_labels = logits.reshape(-1, logits.size(-1)), shift_labels.reshape(-1)  # (N, V), (N,)
+    elif labels is not None:
+        flat_logits, flat_labels = shift_and_flatten(logits, labels)
+    else:
+        raise ValueError("causal_lm_loss needs labels or shift_labels")
     summed = F.cross_entropy(
         flat_logits.float(),
         flat_labels.to(flat_logits.device),
@@ -142,22 +163,30 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 def chunked_causal_lm_loss(
     hidden_states: torch.Tensor,
     weight: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     num_items_in_batch: int | torch.Tensor | None = None,
     label_smoothing: float = 0.0,
     chunk_size: int = 1024,
+    shift_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`causal_lm_loss(hidden_states @ weightᵀ, labels, ...)` without ever holding the (B, T, V) logits.
+    """`causal_lm_loss(hidden_states @ weightᵀ, labels, ..., shift_labels=...)` without holding the (B, T, V) logits.
 
-    Same shift, -100 masking, float32 accumulation, `num_items_in_batch` and label-smoothing semantics, equal to
-    float32 rounding in value and gradients. Only the scored positions are projected, `chunk_size` at a time, so
+    Same shift (or none with `shift_labels`), -100 masking, float32 accumulation, `num_items_in_batch` and
+    label-smoothing semantics, equal to float32 rounding in value and gradients. Only the scored positions are projected, `chunk_size` at a time, so
     peak memory for the head is one (chunk_size, V) float32 buffer instead of the logits, their float32 copy and
     their gradient.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    hidden = hidden_states[..., :-1, :].reshape(-1, hidden_states.size(-1))  # (N, C): position t predicts t+1
-    targets = labels[..., 1:].reshape(-1).to(hidden.device)  # (N,)
+    if shift_labels is not None:  # already aligned: position t is scored against shift_labels[t]
+        _check_shift_labels(shift_labels, hidden_states)
+        hidden = hidden_states.reshape(-1, hidden_states.size(-1))  # (N, C)
+        targets = shift_labels.reshape(-1).to(hidden.device)  # (N,)
+    elif labels is not None:
+        hidden = hidden_states[..., :-1, :].reshape(-1, hidden_states.size(-1))  # (N, C): position t predicts t+1
+        targets = labels[..., 1:].reshape(-1).to(hidden.device)  # (N,)
+    else:
+        raise ValueError("chunked_causal_lm_loss needs labels or shift_labels")
     scored = targets != IGNORE_INDEX
     summed = _FusedLinearCrossEntropy.apply(hidden[scored], weight, targets[scored], label_smoothing, chunk_size)
     if num_items_in_batch is None:
@@ -523,7 +552,15 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         num_items_in_batch (`int` or `torch.Tensor`, *optional*):
             Number of unmasked target tokens across the whole (accumulated) batch; when given, the loss is the sum
             of token losses divided by it. `Trainer` passes it under gradient accumulation.
+        shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*, keyword):
+            Targets already aligned with the predictions (position t is scored against `shift_labels[t]`, no shift;
+            -100 is ignored). When given, the loss uses them and not `labels`. `Trainer` passes them under context
+            parallelism, where the sequence is shifted before it is sharded.
         """
+        # Taken from **kwargs, as transformers' own models do, not as a named parameter: Trainer treats every
+        # forward parameter with "label" in its name as a label column (`find_labels`) and would then expect
+        # `shift_labels` in every evaluation batch.
+        shift_labels: torch.Tensor | None = kwargs.pop("shift_labels", None)
         if labels is not None:
             reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
             if labels.dtype.is_floating_point or labels.dtype == torch.bool:
@@ -531,6 +568,15 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             if reference is not None and labels.shape != reference.shape:
                 raise ValueError(
                     f"labels shape {tuple(labels.shape)} does not match the input shape {tuple(reference.shape)}"
+                )
+        if shift_labels is not None:
+            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            if shift_labels.dtype.is_floating_point or shift_labels.dtype == torch.bool:
+                raise ValueError(f"shift_labels must be an integer tensor of token ids, got dtype {shift_labels.dtype}")
+            if reference is not None and shift_labels.shape != reference.shape:
+                raise ValueError(
+                    f"shift_labels shape {tuple(shift_labels.shape)} does not match the input shape "
+                    f"{tuple(reference.shape)}"
                 )
         outputs: BaseModelOutputWithPast = self.transformer(
             input_ids=input_ids,
@@ -544,16 +590,19 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
 
         loss, logits = None, None
-        if labels is not None and self.training and self.config.loss_chunk_size > 0:
+        has_targets = labels is not None or shift_labels is not None
+        if has_targets and self.training and self.config.loss_chunk_size > 0:
             # Memory-lean training path: the loss (and its gradients) without materialising the logits.
             loss = chunked_causal_lm_loss(
                 hidden_states, self.lm_head.weight, labels, num_items_in_batch, self.config.label_smoothing,
-                chunk_size=self.config.loss_chunk_size,
+                chunk_size=self.config.loss_chunk_size, shift_labels=shift_labels,
             )
         else:
             logits = self.lm_head(hidden_states)  # (B, T, V)
-            if labels is not None:
-                loss = causal_lm_loss(logits, labels, num_items_in_batch, self.config.label_smoothing)
+            if has_targets:
+                loss = causal_lm_loss(
+                    logits, labels, num_items_in_batch, self.config.label_smoothing, shift_labels=shift_labels
+                )
 
         return CausalLMOutputWithPast(
             loss=loss,

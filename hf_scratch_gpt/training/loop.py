@@ -4,7 +4,8 @@ One optimizer step:  for each micro-batch: forward → loss → backward;  then 
 scheduler step → zero grad.  Every `eval_steps`: token-weighted validation loss and perplexity.
 
 Runs in one process, or in several under `torchrun --nproc_per_node N` / `accelerate launch` (DDP; gloo on CPU,
-NCCL on GPUs; FSDP through an accelerate config, see `examples/accelerate_fsdp.yaml`).
+NCCL on GPUs). `--fsdp true`, or an accelerate config asking for FSDP (`examples/accelerate_fsdp.yaml`), shards the
+model with PyTorch's FSDP2 instead (see `training/fsdp.py`), on CPU and GPU alike.
 
 The loss is exact for any number of processes and accumulation steps: the global batch of
 `global_batch_size` examples is split across processes (`split_batches=True`) and into `gradient_accumulation_steps`
@@ -26,7 +27,7 @@ import logging
 import math
 import shutil
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,8 +57,18 @@ from .components import (
     resolve_resume,
 )
 from .final_save import finish_interrupted_final_save, publish_final_save, start_final_save
+from .fsdp import (
+    FSDPOptions,
+    fsdp_options_from_accelerate_env,
+    full_state_dict,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+    shard_model,
+    unsharded_copy,
+)
+from .fsdp import clip_grad_norm_ as clip_sharded_grad_norm_
 from .plots import plot_loss_curves
-from .resume import LOOP_STATE_NAME, read_loop_checkpoint
+from .resume import LOOP_STATE_NAME, read_loop_checkpoint, read_loop_state
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +96,11 @@ class LoopArguments:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'last' or a checkpoint folder."})
     disable_tqdm: bool = field(default=False)
     use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even when an accelerator is available."})
+    fsdp: bool = field(
+        default=False,
+        metadata={"help": "Shard parameters, gradients and optimizer state over the processes (FSDP2, fully_shard on "
+                  "each ScratchGPTBlock). Needs several processes (torchrun / accelerate launch)."},
+    )  # fmt: skip
 
 
 def _micro_batches(batch: dict[str, torch.Tensor], count: int) -> list[dict[str, torch.Tensor]]:
@@ -130,9 +146,57 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loop
     return output_dir / name
 
 
+def _fsdp_options(loop_args: LoopArguments) -> FSDPOptions | None:
+    """FSDP settings from `--fsdp` or from an accelerate config with `distributed_type: FSDP` (read before the
+    Accelerator exists: see `fsdp_options_from_accelerate_env`)."""
+    from_config = fsdp_options_from_accelerate_env()
+    if from_config is not None:
+        return from_config
+    return FSDPOptions() if loop_args.fsdp else None
+
+
+def _no_gradient_sync(model, accelerator: Accelerator):
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) for a micro-batch that is not the step's last."""
+    if not hasattr(model, "set_requires_gradient_sync"):
+        return accelerator.no_sync(model)
+
+    @contextmanager
+    def paused():
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+
+    return paused()
+
+
+def _save_sharded_checkpoint(model, optimizer, scheduler, accelerator: Accelerator, output_dir: Path, step: int,
+                             loop_state: dict) -> Path:  # fmt: skip
+    """FSDP: each process writes its shard into the staging folder; the main process publishes `checkpoint-N`."""
+    name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
+    staging = output_dir / f"{STAGING_PREFIX}{name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    save_sharded_checkpoint(model, optimizer, scheduler, staging)
+    if accelerator.is_main_process:
+        (staging / LOOP_STATE_NAME).write_text(json.dumps(loop_state, indent=2), encoding="utf-8")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        publish_directory(staging, output_dir / name)
+    accelerator.wait_for_everyone()
+    return output_dir / name
+
+
 def train_with_accelerate(
     model_args: ModelArguments, data_args: DataArguments, loop_args: LoopArguments
 ) -> dict[str, Any]:
+    fsdp_options = _fsdp_options(loop_args)
+    if fsdp_options is not None and loop_args.mixed_precision == "fp16":
+        # fp16 needs a gradient scaler that understands sharded gradients (and clipping after unscaling); bf16 does not.
+        raise ValueError("FSDP with --mixed_precision fp16 is not supported by this loop; use bf16 or no")
     accelerator = Accelerator(
         # accelerate picks MULTI_CPU (gloo) under torchrun only when told it runs on CPU; with no GPU/XPU/MPS that is
         # the only option, and without it each process would silently train alone.
@@ -150,6 +214,11 @@ def train_with_accelerate(
             f"global_batch_size {loop_args.global_batch_size} must be divisible by processes ({processes}) × "
             f"gradient_accumulation_steps ({accumulation})"
         )
+    if fsdp_options is not None and processes < 2:
+        raise ValueError(
+            "FSDP needs several processes: launch with `torchrun --nproc_per_node N` or `accelerate launch` "
+            f"(this run has {processes})"
+        )
 
     with accelerator.main_process_first():  # one process fills the datasets cache, the others read it
         documents = load_and_split(data_args)
@@ -160,6 +229,9 @@ def train_with_accelerate(
         output_dir.mkdir(parents=True, exist_ok=True)
         finish_interrupted_final_save(output_dir)
         remove_stale_staging(output_dir)
+    if fsdp_options is not None:
+        # Shard before the optimizer exists: it must hold the sharded parameters (DTensors), not the full ones.
+        model = shard_model(model.to(accelerator.device), fsdp_options)
 
     generator = torch.Generator().manual_seed(loop_args.seed)
     train_loader = DataLoader(
@@ -182,15 +254,22 @@ def train_with_accelerate(
     scheduler = get_scheduler(loop_args.lr_scheduler_type, optimizer, loop_args.warmup_steps, loop_args.max_steps)
     # The scheduler is not prepared (a prepared one may step once per process), nor registered for checkpointing
     # (Accelerate would pickle it and unpickle it with weights_only=False): its state dict goes into loop_state.json.
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    if fsdp_options is not None:  # already sharded; accelerate would wrap it in DDP on top (MULTI_CPU/MULTI_GPU)
+        optimizer, train_loader, eval_loader = accelerator.prepare(optimizer, train_loader, eval_loader)
+    else:
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
 
     step, tokens_seen, history = 0, 0, []
     resume = resolve_resume(loop_args.resume_from_checkpoint, output_dir)
     if resume is not None:
         # Checked first: nothing in the folder is unpickled, and nothing the folder lacks is silently reset.
-        loop_state = read_loop_checkpoint(resume, accelerator.unwrap_model(model), accelerator.process_index)
-        accelerator.load_state(resume)
-        scheduler.load_state_dict(loop_state["scheduler"])
+        if fsdp_options is not None:
+            loop_state = read_loop_state(resume)
+            load_sharded_checkpoint(model, optimizer, scheduler, Path(resume))  # safetensors + JSON only
+        else:
+            loop_state = read_loop_checkpoint(resume, accelerator.unwrap_model(model), accelerator.process_index)
+            accelerator.load_state(resume)
+            scheduler.load_state_dict(loop_state["scheduler"])
         step, tokens_seen, history = loop_state["step"], loop_state["tokens_seen"], loop_state["history"]
         logger.info("resumed from %s at step %d", resume, step)
 
@@ -212,16 +291,18 @@ def train_with_accelerate(
             step_loss = torch.zeros((), device=accelerator.device)
             for index, micro_batch in enumerate(micro_batches):
                 last = index == accumulation - 1
-                with nullcontext() if last else accelerator.no_sync(model):  # all-reduce once per step
+                with nullcontext() if last else _no_gradient_sync(model, accelerator):  # all-reduce once per step
                     with accelerator.autocast():
                         loss = model(**micro_batch, num_items_in_batch=global_targets).loss  # forward → loss
-                    accelerator.backward(loss * processes)  # backward (DDP averages over processes)
+                    accelerator.backward(loss * processes)  # backward (DDP and FSDP average over processes)
                 step_loss += loss.detach()
             step_loss = accelerator.reduce(step_loss, reduction="sum")  # the global batch's mean token loss
             if not torch.isfinite(step_loss):
                 optimizer.zero_grad(set_to_none=True)
                 raise NonFiniteLossError(non_finite_message(step_loss.item(), step + 1, output_dir))
-            if loop_args.max_grad_norm:
+            if loop_args.max_grad_norm and fsdp_options is not None:
+                clip_sharded_grad_norm_(model.parameters(), loop_args.max_grad_norm)  # clip (norm of the full grads)
+            elif loop_args.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), loop_args.max_grad_norm)  # clip
             optimizer.step()  # optimizer step
             scheduler.step()  # scheduler step
@@ -242,7 +323,10 @@ def train_with_accelerate(
             if step % loop_args.save_steps == 0:
                 loop_state = {"step": step, "tokens_seen": tokens_seen, "history": history,
                               "scheduler": scheduler.state_dict()}  # fmt: skip
-                _save_checkpoint(accelerator, output_dir, step, loop_state)
+                if fsdp_options is not None:
+                    _save_sharded_checkpoint(model, optimizer, scheduler, accelerator, output_dir, step, loop_state)
+                else:
+                    _save_checkpoint(accelerator, output_dir, step, loop_state)
             if step >= loop_args.max_steps:
                 break
     progress.close()
@@ -255,11 +339,16 @@ def train_with_accelerate(
         "train_loss": next((row["loss"] for row in reversed(history) if "loss" in row), float("nan")),
         **final,
         "processes": processes,
+        "fsdp": fsdp_options is not None,
         "resumed_from": resume,
         "model_dir": str(output_dir),
     }
-    unwrapped = accelerator.unwrap_model(model)
-    state_dict = accelerator.get_state_dict(model)  # full weights on the main process, also under FSDP
+    if fsdp_options is not None:
+        state_dict = full_state_dict(model)  # gathered from every process onto the main one (CPU)
+        unwrapped = unsharded_copy(model, state_dict) if accelerator.is_main_process else None
+    else:
+        unwrapped = accelerator.unwrap_model(model)
+        state_dict = accelerator.get_state_dict(model)  # full weights on the main process
     if accelerator.is_main_process:
         # Written into a staging folder and moved into place when complete: a kill while saving never leaves
         # truncated weights next to a new config (training/final_save.py).

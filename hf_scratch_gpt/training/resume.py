@@ -98,11 +98,8 @@ def _refuse_code_bearing_files(folder: Path) -> None:
         )
 
 
-def read_loop_checkpoint(folder: str | os.PathLike, model: nn.Module, process_index: int) -> dict[str, Any]:
-    """Check an Accelerate-loop checkpoint before `Accelerator.load_state` reads it; return its loop state.
-
-    `model` is the unwrapped model the weights go into.
-    """
+def read_loop_state(folder: str | os.PathLike) -> dict[str, Any]:
+    """The loop's own state (`loop_state.json`) of a checkpoint folder holding no code-bearing file, with every key."""
     folder = Path(folder)
     _refuse_code_bearing_files(folder)
     state_file = folder / LOOP_STATE_NAME
@@ -117,6 +114,17 @@ def read_loop_checkpoint(folder: str | os.PathLike, model: nn.Module, process_in
         raise ValueError(f"{state_file} lacks {missing}; resuming would reset them")
     if not isinstance(loop_state["scheduler"], dict):
         raise ValueError(f"{state_file}: 'scheduler' must be the scheduler's state dict (a JSON object)")
+    return loop_state
+
+
+def read_loop_checkpoint(folder: str | os.PathLike, model: nn.Module, process_index: int) -> dict[str, Any]:
+    """Check an Accelerate-loop checkpoint before `Accelerator.load_state` reads it; return its loop state.
+
+    `model` is the unwrapped model the weights go into. (FSDP checkpoints are per-process safetensors shards,
+    checked as `training/fsdp.py` reads them.)
+    """
+    folder = Path(folder)
+    loop_state = read_loop_state(folder)
     if (folder / SAFE_WEIGHTS_NAME).is_file():
         check_checkpoint_weights(folder / SAFE_WEIGHTS_NAME, model)
     elif (folder / ACCELERATE_WEIGHT_NAMES[1]).is_file():
@@ -149,4 +157,4 @@ def check_trainer_checkpoint(folder: str | os.PathLike, model: nn.Module, world_
     check_torch_file(folder / rng_name)
 
 
-__all__ = ["check_checkpoint_weights", "check_torch_file", "check_trainer_checkpoint", "read_loop_checkpoint"]
+__all__ = ["check_checkpoint_weights", "check_torch_file", "check_trainer_checkpoint", "read_loop_checkpoint", "read_loop_state"]

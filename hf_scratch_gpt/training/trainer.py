@@ -67,6 +67,14 @@ class ScratchGPTTrainer(Trainer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if self.args.fsdp and not self.is_fsdp_enabled:
+            # accelerate 1.15 enables its FSDP plugin only on GPU-like devices; on CPU (MULTI_CPU) it drops it and
+            # Trainer trains with DDP instead: refuse rather than train unsharded while the user asked for FSDP.
+            raise ValueError(
+                f"TrainingArguments(fsdp=...) asked for FSDP, but Accelerate did not enable it on this device "
+                f"(distributed type {self.accelerator.distributed_type}); Trainer's FSDP needs GPUs. On CPU use "
+                "`hf-scratch-gpt train --loop accelerate --fsdp true` under torchrun"
+            )
         self._staging_root: str | None = None
         factor = self.args.label_smoothing_factor
         if factor:
