@@ -1,10 +1,11 @@
 """`hf-scratch-gpt train`: transformers' `Trainer` with `HfArgumentParser` (the shape of the `run_clm` example).
 
 What `ScratchGPTTrainer` adds to `Trainer`, and why:
-- Label smoothing. `Trainer` applies `label_smoothing_factor` with shifted labels only to the model classes in
-  transformers' own causal-LM table; for this model it would smooth against UNSHIFTED labels (every prediction
-  scored against its own input token). So the factor is moved into `config.label_smoothing`, which the model's
-  loss applies to the correctly shifted targets, and `Trainer`'s label smoother is switched off.
+- Label smoothing. The factor is moved into `config.label_smoothing`, which the model's own loss applies to the
+  shifted targets in its memory-lean fused path, and `Trainer`'s label smoother (which needs the full (B, T, V)
+  logits and their log-softmax) is switched off. A plain `Trainer` is right too, just heavier: it shifts the
+  labels for its smoother only for class names in transformers' causal-LM table, and importing this package
+  adds ours there (`hf_scratch_gpt/__init__.py`).
 - Gradient accumulation. `Trainer` 5.23 counts `num_items_in_batch` over `labels[..., 1:]` for models whose
   `loss_type` is `ForCausalLM` (ours is), i.e. exactly the targets our loss scores; the model divides its summed
   token losses by that count, so k micro-batches give the loss and gradients of the one large batch.
@@ -69,8 +70,8 @@ class ScratchGPTTrainer(Trainer):
                     f"label_smoothing_factor {factor} conflicts with the model's config.label_smoothing "
                     f"{config.label_smoothing}; set one of them"
                 )
-            config.label_smoothing = factor  # the model smooths against the shifted targets
-            self.label_smoother = None  # Trainer's would smooth against unshifted labels for this class
+            config.label_smoothing = factor  # the model smooths against the shifted targets, fused
+            self.label_smoother = None  # Trainer's would need the full logits
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
