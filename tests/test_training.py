@@ -187,6 +187,36 @@ def test_resume_from_checkpoint_reaches_the_same_final_loss(tmp_path, corpus_fil
     assert [r["loss"] for r in resumed_log if "loss" in r][-1] == pytest.approx([r["loss"] for r in full_log if "loss" in r][-1], abs=1e-6)
 
 
+def test_resume_at_max_steps_trains_no_further_step(tmp_path, corpus_file):
+    """Issue 12.7: Trainer checks max_steps only after a step, so a resume from checkpoint-{max_steps} trained
+    one more step (and saved checkpoint-{max_steps + 1}, from which the next resume went on)."""
+    first = train_with_trainer(*small_run_args(tmp_path, corpus_file, max_steps=4, save_steps=2))
+    assert first["global_step"] == 4 and last_checkpoint(tmp_path).endswith("checkpoint-4")
+    weights = {k: v.clone() for k, v in ScratchGPTForCausalLM.from_pretrained(tmp_path).state_dict().items()}
+    for _ in range(2):  # repeated resumes do not creep forward either
+        resumed = train_with_trainer(
+            *small_run_args(tmp_path, corpus_file, max_steps=4, save_steps=2, resume_from_checkpoint="last")
+        )
+        assert resumed["resumed_from"].endswith("checkpoint-4")
+        assert resumed["global_step"] == 4 and resumed["train_loss"] is None  # nothing trained: no loss to report
+        assert last_checkpoint(tmp_path).endswith("checkpoint-4")
+    for name, value in ScratchGPTForCausalLM.from_pretrained(tmp_path).state_dict().items():
+        torch.testing.assert_close(value, weights[name], rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match=r"checkpoint-4 is at step 4, beyond max_steps 3"):
+        train_with_trainer(*small_run_args(tmp_path, corpus_file, max_steps=3, resume_from_checkpoint="last"))
+
+
+@pytest.mark.parametrize("lengths", [{"max_steps": -5, "num_train_epochs": 0}, {"max_steps": 0, "num_train_epochs": 3}])
+def test_a_run_that_would_train_no_step_is_refused(tmp_path, corpus_file, lengths):
+    """Issue 12.8: max_steps -5 with 0 epochs trained 0 steps and reported success; max_steps 0 trained 1 step."""
+    with pytest.raises(ValueError, match=rf"nothing to train: max_steps={lengths['max_steps']} and num_train_epochs="):
+        train_with_trainer(*small_run_args(tmp_path, corpus_file, **lengths))
+    assert not (tmp_path / "metrics.json").exists()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **lengths)
+    with pytest.raises(ValueError, match="nothing to train"):
+        ScratchGPTTrainer(model=make_tiny_model(), args=args, train_dataset=variable_length_pairs())
+
+
 class PoisonWeightsAfter(TrainerCallback):
     """Sets one weight to NaN after optimizer step `step`, so the next step's loss is NaN."""
 

@@ -46,6 +46,8 @@ from .components import (
     build_datasets,
     build_model,
     build_tokenizer,
+    check_resume_step,
+    check_training_length,
     load_and_split,
     non_finite_message,
     publish_directory,
@@ -129,6 +131,7 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loop
 def train_with_accelerate(
     model_args: ModelArguments, data_args: DataArguments, loop_args: LoopArguments
 ) -> dict[str, Any]:
+    check_training_length(loop_args.max_steps)
     accelerator = Accelerator(
         # accelerate picks MULTI_CPU (gloo) under torchrun only when told it runs on CPU; with no GPU/XPU/MPS that is
         # the only option, and without it each process would silently train alone.
@@ -186,6 +189,8 @@ def train_with_accelerate(
         loop_state = json.loads((Path(resume) / LOOP_STATE_NAME).read_text(encoding="utf-8"))
         step, tokens_seen, history = loop_state["step"], loop_state["tokens_seen"], loop_state["history"]
         logger.info("resumed from %s at step %d", resume, step)
+    if resume is not None:
+        check_resume_step(step, loop_args.max_steps, resume)
 
     steps_per_epoch = len(train_loader)
     progress = tqdm(

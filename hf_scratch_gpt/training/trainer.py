@@ -45,6 +45,8 @@ from .components import (
     build_datasets,
     build_model,
     build_tokenizer,
+    check_resume_step,
+    check_training_length,
     load_and_split,
     non_finite_message,
     publish_directory,
@@ -61,6 +63,7 @@ class ScratchGPTTrainer(Trainer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        check_training_length(self.args.max_steps, self.args.num_train_epochs)
         self._staging_root: str | None = None
         factor = self.args.label_smoothing_factor
         if factor:
@@ -72,6 +75,16 @@ class ScratchGPTTrainer(Trainer):
                 )
             config.label_smoothing = factor  # the model smooths against the shifted targets, fused
             self.label_smoother = None  # Trainer's would need the full logits
+
+    def _run_epoch(self, *args, **kwargs):
+        # Trainer checks max_steps only after an optimizer step: resumed from a checkpoint already at max_steps it
+        # would train one step more (and save checkpoint-{max_steps + 1}, which the next resume goes on from).
+        if self.state.global_step >= self.state.max_steps:
+            check_resume_step(self.state.global_step, self.state.max_steps, kwargs.get("resume_from_checkpoint"))
+            logger.info("step %d is already max_steps: nothing left to train", self.state.global_step)
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -158,6 +171,7 @@ def train_with_trainer(
 
     Returns the final metrics plus `model_dir`, `plot` and `metrics_file` paths.
     """
+    check_training_length(training_args.max_steps, training_args.num_train_epochs)  # before any data is read
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     if training_args.include_num_input_tokens_seen == "no":
@@ -190,8 +204,10 @@ def train_with_trainer(
     eval_metrics = trainer.evaluate()
     trainer.save_model(str(output_dir))  # weights (safetensors), config, model code and tokenizer
 
+    trained_now = train_result.global_step - trainer._initial_global_step  # steps run by this call
     result: dict[str, Any] = {
-        "train_loss": train_result.training_loss,
+        # Trainer reports 0.0 when a resumed run had nothing left to train; there is no loss to report then.
+        "train_loss": train_result.training_loss if trained_now else None,
         "global_step": train_result.global_step,
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
         **eval_metrics,
