@@ -4,6 +4,7 @@ Importing the package registers `ScratchGPTConfig` and the models with transform
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .configuration_scratch_gpt import PRESETS, ScratchGPTConfig
 from .modeling_scratch_gpt import (
@@ -27,6 +28,12 @@ AutoModelForCausalLM.register(ScratchGPTConfig, ScratchGPTForCausalLM, exist_ok=
 ScratchGPTConfig.register_for_auto_class()
 ScratchGPTModel.register_for_auto_class("AutoModel")
 ScratchGPTForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+# `Trainer(label_smoothing_factor=...)` (and subclasses such as TRL's SFTTrainer) shifts the labels for its label
+# smoother only when the model's class NAME is a value of this table; `AutoModelForCausalLM.register` does not add
+# it there, so without this line plain Trainer smooths every prediction against its own input token. The auto
+# mappings only read this table's entries whose model type is also in transformers' own config table, so the
+# entry changes nothing else.
+MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault(ScratchGPTConfig.model_type, ScratchGPTForCausalLM.__name__)
 
 
 def from_hf_gpt2(*args, **kwargs):

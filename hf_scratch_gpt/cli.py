@@ -96,6 +96,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate_model(
         args.model, text_file=args.text_file, dataset=args.dataset, dataset_config=args.dataset_config,
         dataset_split=args.split, text_column=args.text_column, stride=args.stride, device=args.device,
+        validation_fraction=args.validation_fraction, split_seed=args.split_seed,
     )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
@@ -110,7 +111,15 @@ def _add_evaluate(subparsers) -> None:
     source.add_argument("--text-file", help="a UTF-8 text file, scored as one text")
     source.add_argument("--dataset", help="'pydoc', a .jsonl file or a Hugging Face dataset name; per document")
     parser.add_argument("--dataset-config", default=None)
-    parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--split", default=None,
+        help="a Hub dataset's split (default: test); for pydoc/.txt/.jsonl, which training splits itself: "
+        "validation (the held-out documents), train, or all (default, with a warning)",
+    )
+    parser.add_argument("--validation-fraction", type=float, default=None,
+                        help="pydoc/.txt/.jsonl: the held-out share training used (default: training's, 0.05)")
+    parser.add_argument("--split-seed", type=int, default=None,
+                        help="pydoc/.txt/.jsonl: the seed of training's split (default: training's, 0)")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--stride", type=int, default=None, help="sliding-window step (default: n_positions // 2)")
     parser.add_argument("--device", default=None)

@@ -3,7 +3,7 @@
 This file ships to the Hub next to ``modeling_scratch_gpt.py`` (custom code), so it imports only transformers.
 """
 
-
+import math
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -29,7 +29,24 @@ SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu")
 # Fields that must be integers >= 1.
 _POSITIVE_INT_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
 # Fields that must be probabilities in [0, 1).
-_DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+_DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "label_smoothing")
+# Fields that must be finite numbers > 0.
+_POSITIVE_FLOAT_FIELDS = ("layer_norm_epsilon", "initializer_range")
+# Fields that must be real booleans: a string such as "no" or "false" would be truthy.
+_BOOL_FIELDS = ("tie_word_embeddings", "use_cache")
+# Special-token fields: None or token ids inside the vocabulary (eos may be a list of ids).
+_TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+# A model whose parameters cannot exist: far beyond GPT-2 1558M (1.6e9), 4 TB in float32. Checked before any
+# allocation so that a typo such as n_positions=10**12 is named here instead of failing inside torch.
+MAX_PARAMETERS = 10**12
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class ScratchGPTConfig(PreTrainedConfig):
@@ -97,44 +114,85 @@ class ScratchGPTConfig(PreTrainedConfig):
         self.check_values()
 
     def check_values(self) -> None:
-        """Raise `ValueError` naming the first field whose value cannot build a model."""
+        """Raise `ValueError` naming the first field whose type or value cannot build a working model.
+
+        transformers' own checks do not cover these: `PreTrainedConfig`'s type validation (`@strict`) applies to
+        its own fields only, and it merely warns about special-token ids outside the vocabulary.
+        """
         for name in _POSITIVE_INT_FIELDS:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"ScratchGPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.n_inner is not None and (
-            isinstance(self.n_inner, bool) or not isinstance(self.n_inner, int) or self.n_inner < 1
-        ):
+        if self.n_inner is not None and (not _is_int(self.n_inner) or self.n_inner < 1):
             raise ValueError(f"ScratchGPTConfig.n_inner must be None or a positive integer, got {self.n_inner!r}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"ScratchGPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"the remainder is {self.n_embd % self.n_head}"
             )
+        self._check_size()
         for name in _DROPOUT_FIELDS:
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"ScratchGPTConfig.{name} must be in [0, 1), got {value!r}")
-        if isinstance(self.loss_chunk_size, bool) or not isinstance(self.loss_chunk_size, int) or self.loss_chunk_size < 0:
+            if not _is_real(value) or not 0.0 <= value < 1.0:
+                raise ValueError(f"ScratchGPTConfig.{name} must be a number in [0, 1), got {value!r}")
+        for name in _POSITIVE_FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not _is_real(value) or not 0.0 < value < math.inf:
+                raise ValueError(f"ScratchGPTConfig.{name} must be a finite number > 0, got {value!r}")
+        for name in _BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"ScratchGPTConfig.{name} must be True or False, got {value!r}")
+        if not _is_int(self.loss_chunk_size) or self.loss_chunk_size < 0:
             raise ValueError(f"ScratchGPTConfig.loss_chunk_size must be an integer >= 0, got {self.loss_chunk_size!r}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"ScratchGPTConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if not self.layer_norm_epsilon > 0:
-            raise ValueError(f"ScratchGPTConfig.layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}")
-        if not self.initializer_range > 0:
-            raise ValueError(f"ScratchGPTConfig.initializer_range must be > 0, got {self.initializer_range!r}")
-        if self.activation_function not in SUPPORTED_ACTIVATIONS:
+        if not isinstance(self.activation_function, str) or self.activation_function not in SUPPORTED_ACTIVATIONS:
             raise ValueError(
                 f"ScratchGPTConfig.activation_function must be one of {SUPPORTED_ACTIVATIONS}, "
                 f"got {self.activation_function!r}"
             )
+        for name in _TOKEN_ID_FIELDS:
+            value = getattr(self, name)
+            ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
+            if value is not None and not all(_is_int(i) and 0 <= i < self.vocab_size for i in ids):
+                raise ValueError(
+                    f"ScratchGPTConfig.{name} must be None or a token id in [0, vocab_size={self.vocab_size})"
+                    f"{' (or a list of them)' if name == 'eos_token_id' else ''}, got {value!r}"
+                )
+
+    def _check_size(self) -> None:
+        """Refuse a shape whose parameters cannot be allocated, naming the field that makes it so."""
+        inner = self.n_inner if self.n_inner is not None else 4 * self.n_embd
+        # Parameters each field multiplies (biases and LayerNorms are negligible next to these).
+        contributions = {
+            "vocab_size": self.vocab_size * self.n_embd,  # wte (and an untied lm_head of the same size)
+            "n_positions": self.n_positions * self.n_embd,  # wpe
+            "n_layer": self.n_layer * (4 * self.n_embd * self.n_embd + 2 * self.n_embd * inner),
+        }
+        total = sum(contributions.values())
+        if total > MAX_PARAMETERS:
+            name = max(contributions, key=contributions.get)
+            raise ValueError(
+                f"ScratchGPTConfig.{name}={getattr(self, name)} gives a model of about {total:.2e} parameters "
+                f"({contributions[name]:.2e} from {name} with n_embd={self.n_embd}); at most {MAX_PARAMETERS:.0e} "
+                "can be built"
+            )
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ScratchGPTConfig":
-        """Config for a named preset (`124M`, `355M`, `774M`, `1558M`, `tiny`), with fields overridden."""
+        """Config for a named preset (`124M`, `355M`, `774M`, `1558M`, `tiny`), with fields overridden.
+
+        Every preset puts `<|endoftext|>` (bos = eos) at the last id, as GPT-2 does; when `vocab_size` is
+        overridden and the special ids are not, they follow it (so `from_preset("tiny", vocab_size=97)` has
+        bos = eos = 96, not an id outside its vocabulary).
+        """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        values = {**PRESETS[name], **overrides}
+        if "vocab_size" in overrides and _is_int(overrides["vocab_size"]):
+            for field in ("bos_token_id", "eos_token_id"):
+                if field not in overrides:
+                    values[field] = overrides["vocab_size"] - 1
+        return cls(**values)
 
 
 __all__ = ["PRESETS", "SUPPORTED_ACTIVATIONS", "ScratchGPTConfig"]

@@ -16,7 +16,10 @@ once, with at least `n_positions - stride` tokens of context once the first wind
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +28,14 @@ import torch.nn.functional as F
 
 from .modeling_scratch_gpt import IGNORE_INDEX
 
+logger = logging.getLogger(__name__)
+
 METRICS_DIR = Path(__file__).parent / "metrics"
+# math.exp overflows (OverflowError) above log(largest float64) ≈ 709.78.
+_LARGEST_EXP_ARGUMENT = math.log(sys.float_info.max)
+# Splits of a source that has none of its own (the embedded corpus, a .txt or .jsonl file): the documents
+# training held out ("validation") or trained on ("train"), split as training splits them; or "all" of them.
+LOCAL_SPLITS = ("validation", "train", "all")
 
 
 def load_metric(name: str):
@@ -56,14 +66,27 @@ class ScoreTotals:
             self.num_bytes + other.num_bytes,
         )
 
-    def metrics(self) -> dict[str, float | int]:
+    def metrics(self) -> dict[str, float | int | None]:
+        """The metrics as JSON-safe numbers: a NaN or infinite loss is an error, never printed as `NaN`/`Infinity`
+        (not JSON); values that do not exist are None (`bits_per_byte` with no byte count, the perplexity of a
+        loss above ~709 nats, where exp() leaves the float range)."""
         if self.tokens == 0:
             raise ValueError("no tokens were scored: the text is empty")
         loss = self.nll_sum / self.tokens
+        if math.isnan(loss):
+            raise ValueError(
+                f"the loss is NaN over {self.tokens} scored tokens: the model's logits are not finite (NaN or "
+                "infinite weights?); there are no metrics to report"
+            )
+        if math.isinf(loss):
+            raise ValueError(
+                f"the loss is infinite over {self.tokens} scored tokens: the model gives probability 0 to at least "
+                "one of them (its logits hold -inf or inf); there are no metrics to report"
+            )
         result = {
             "loss": loss,
-            "perplexity": math.exp(loss),
-            "bits_per_byte": self.nll_sum / math.log(2) / self.num_bytes if self.num_bytes else float("nan"),
+            "perplexity": math.exp(loss) if loss < _LARGEST_EXP_ARGUMENT else None,
+            "bits_per_byte": self.nll_sum / math.log(2) / self.num_bytes if self.num_bytes else None,
             "accuracy": self.correct / self.tokens,
             "tokens": self.tokens,
             "bytes": self.num_bytes,
@@ -152,21 +175,70 @@ def evaluate_texts(model, tokenizer, texts: list[str], stride: int | None = None
     return totals.metrics()
 
 
+def load_evaluation_texts(
+    dataset: str,
+    text_column: str = "text",
+    dataset_config: str | None = None,
+    split: str | None = None,
+    validation_fraction: float | None = None,
+    split_seed: int | None = None,
+) -> tuple[list[str], str]:
+    """(texts, name of the split scored) of `dataset`, by the split training used for it.
+
+    A Hub dataset has splits of its own: `split` names one (default "test"). The embedded corpus and local
+    .txt/.jsonl files have none: training holds out a deterministic share of their documents
+    (`data.split_train_validation` with `validation_fraction` and `split_seed`, defaults as in training), so
+    `split` is one of `LOCAL_SPLITS` and "validation" gives exactly the documents training never saw. Left unset
+    for such a source, every document is scored ("all") and a warning says so.
+    """
+    from .data import DEFAULT_CORPUS, load_documents, split_train_validation
+
+    if dataset != DEFAULT_CORPUS and not os.path.isfile(dataset):  # a Hub dataset (or a missing file: named there)
+        if validation_fraction is not None or split_seed is not None:
+            raise ValueError(
+                f"validation_fraction and split_seed apply to the embedded corpus and local files, not to the Hub "
+                f"dataset {dataset!r}: choose one of its own splits with split"
+            )
+        split = split or "test"
+        return load_documents(dataset, text_column, dataset_config, split)[text_column], split
+    if split is None:
+        split = "all"
+        logger.warning(
+            "scoring all documents of %r, including those training learned from; pass split='validation' "
+            "(--split validation) for the held-out ones",
+            dataset,
+        )
+    if split not in LOCAL_SPLITS:
+        raise ValueError(
+            f"split {split!r} does not exist for {dataset!r}: it has no splits of its own, so it is split as training "
+            f"splits it; expected one of {list(LOCAL_SPLITS)}"
+        )
+    documents = load_documents(dataset, text_column)
+    if split == "all":
+        return documents[text_column], split
+    options = {"validation_fraction": validation_fraction, "seed": split_seed}
+    parts = split_train_validation(documents, **{k: v for k, v in options.items() if v is not None})
+    return parts[split][text_column], split
+
+
 def evaluate_model(
     model_path: str,
     text_file: str | None = None,
     dataset: str | None = None,
     dataset_config: str | None = None,
-    dataset_split: str = "test",
+    dataset_split: str | None = None,
     text_column: str = "text",
     stride: int | None = None,
     device: str | None = None,
-) -> dict[str, float | int]:
+    validation_fraction: float | None = None,
+    split_seed: int | None = None,
+) -> dict[str, float | int | str | None]:
     """`hf-scratch-gpt evaluate`: metrics of a saved model folder (model + tokenizer) on a text file or dataset.
 
-    A text file is scored as one text; a dataset (anything `data.load_documents` accepts) document by document.
+    A text file is scored as one text; a dataset document by document, from the split `load_evaluation_texts`
+    picks (`dataset_split`; for the embedded corpus and local files the split training made). The result names
+    the `split` scored and the number of `documents`.
     """
-    from .data import load_documents
     from .loading import load_model, load_tokenizer
 
     if (text_file is None) == (dataset is None):
@@ -174,20 +246,27 @@ def evaluate_model(
     if not Path(model_path).is_dir():
         raise FileNotFoundError(f"model folder {model_path!r} does not exist")
     if text_file is not None:
+        if dataset_split is not None or validation_fraction is not None or split_seed is not None:
+            raise ValueError("a split (split, validation_fraction, split_seed) applies to a dataset, not to a text file")
         if not Path(text_file).is_file():
             raise FileNotFoundError(f"text file {text_file!r} does not exist")
-        texts = [Path(text_file).read_text(encoding="utf-8")]
+        texts, split = [Path(text_file).read_text(encoding="utf-8")], None
         if not texts[0].strip():
             raise ValueError(f"text file {text_file!r} is empty or whitespace-only")
     else:
-        texts = load_documents(dataset, text_column, dataset_config, dataset_split)[text_column]
+        texts, split = load_evaluation_texts(
+            dataset, text_column, dataset_config, dataset_split, validation_fraction, split_seed
+        )
     # load_model checks the folder first: a missing or mis-shaped tensor is an error, never a random init.
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path)
     if device:
         model.to(device)
-    result = evaluate_texts(model, tokenizer, texts, stride=stride)
+    result: dict[str, float | int | str | None] = evaluate_texts(model, tokenizer, texts, stride=stride)
     result["stride"] = stride if stride is not None else model.config.n_positions // 2
+    if split is not None:
+        result["split"] = split
+        result["documents"] = len(texts)
     return result
 
 
@@ -195,6 +274,7 @@ __all__ = [
     "ScoreTotals",
     "evaluate_model",
     "evaluate_texts",
+    "load_evaluation_texts",
     "load_metric",
     "score_logits",
     "score_text",

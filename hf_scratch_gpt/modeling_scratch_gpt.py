@@ -57,6 +57,46 @@ def _check_shift_labels(shift_labels: torch.Tensor, scores: torch.Tensor) -> Non
         )
 
 
+def _check_loss_inputs(
+    labels: torch.Tensor,
+    vocab_size: int,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    already_shifted: bool = False,
+) -> None:
+    """Raise `ValueError` for labels the loss cannot score and for a divisor that would silently give a wrong loss.
+
+    - every label is a token id in [0, vocab_size) or -100 (otherwise cross-entropy fails with an IndexError, or a
+      device-side assert on CUDA, that names neither the argument nor the vocabulary);
+    - `num_items_in_batch` is >= 0, and not 0 while this batch has target tokens (the clamp that makes an
+      all-masked batch's loss 0.0 would otherwise turn the mean into the plain sum).
+
+    It reads the values (one host sync for all of them); while compiling it is skipped, like the input-id check.
+    """
+    if torch.compiler.is_compiling() or labels.numel() == 0:
+        return
+    kept = labels.masked_fill(labels == IGNORE_INDEX, 0)
+    targets = labels if already_shifted else labels[..., 1:]  # shift_labels are scored as given
+    stats = [kept.min(), kept.max(), (targets != IGNORE_INDEX).sum()]
+    if torch.is_tensor(num_items_in_batch):  # Trainer may pass a float or a (1,)-shaped tensor
+        stats.append(num_items_in_batch.detach().reshape(-1)[0].to(labels.device))
+    low, high, targets, *divisor = torch.stack([value.double() for value in stats]).tolist()
+    if low < 0 or high >= vocab_size:
+        bad = int(low if low < 0 else high)
+        raise ValueError(
+            f"{'shift_labels' if already_shifted else 'labels'} contains {bad}, outside the vocabulary "
+            f"[0, {vocab_size}); use -100 to leave a position out "
+            "of the loss"
+        )
+    if num_items_in_batch is None:
+        return
+    count = divisor[0] if divisor else float(num_items_in_batch)
+    if not count >= 0 or (count == 0 and targets > 0):
+        raise ValueError(
+            f"num_items_in_batch is {count:g} but this batch has "
+            f"{int(targets)} target tokens; it must count the unmasked targets of the whole (accumulated) batch"
+        )
+
+
 def causal_lm_loss(
     logits: torch.Tensor,
     labels: torch.Tensor | None,
@@ -79,8 +119,10 @@ def causal_lm_loss(
     """
     if shift_labels is not None:
         _check_shift_labels(shift_labels, logits)
+        _check_loss_inputs(shift_labels, logits.size(-1), num_items_in_batch, already_shifted=True)
         flat_logits, flat_labels = logits.reshape(-1, logits.size(-1)), shift_labels.reshape(-1)  # (N, V), (N,)
     elif labels is not None:
+        _check_loss_inputs(labels, logits.size(-1), num_items_in_batch)
         flat_logits, flat_labels = shift_and_flatten(logits, labels)
     else:
         raise ValueError("causal_lm_loss needs labels or shift_labels")
@@ -180,9 +222,11 @@ def chunked_causal_lm_loss(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if shift_labels is not None:  # already aligned: position t is scored against shift_labels[t]
         _check_shift_labels(shift_labels, hidden_states)
+        _check_loss_inputs(shift_labels, weight.size(0), num_items_in_batch, already_shifted=True)
         hidden = hidden_states.reshape(-1, hidden_states.size(-1))  # (N, C)
         targets = shift_labels.reshape(-1).to(hidden.device)  # (N,)
     elif labels is not None:
+        _check_loss_inputs(labels, weight.size(0), num_items_in_batch)
         hidden = hidden_states[..., :-1, :].reshape(-1, hidden_states.size(-1))  # (N, C): position t predicts t+1
         targets = labels[..., 1:].reshape(-1).to(hidden.device)  # (N,)
     else:
@@ -415,6 +459,7 @@ def _check_inputs(
     inputs_embeds: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
     past_length: int,
+    position_ids: torch.Tensor | None = None,
 ) -> None:
     """Raise `ValueError` for inputs that would otherwise fail deep inside torch (or silently index garbage)."""
     if (input_ids is None) == (inputs_embeds is None):
@@ -433,13 +478,28 @@ def _check_inputs(
         batch, seq_len = inputs_embeds.shape[:2]
     if batch == 0 or seq_len == 0:
         raise ValueError(f"empty input: batch size {batch}, sequence length {seq_len}; both must be >= 1")
-    # The range check reads the ids (a device sync, a graph break under torch.compile); a compiled model
-    # leaves it to the embedding lookup's own bounds check.
-    if input_ids is not None and not torch.compiler.is_compiling():
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= config.vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {config.vocab_size})")
+    if position_ids is not None:
+        if position_ids.dtype.is_floating_point or position_ids.dtype == torch.bool:
+            raise ValueError(f"position_ids must be an integer tensor, got dtype {position_ids.dtype}")
+        if position_ids.numel() == 0 or position_ids.size(-1) != seq_len:
+            raise ValueError(
+                f"position_ids has shape {tuple(position_ids.shape)}, expected one position per new token "
+                f"(..., {seq_len})"
+            )
+    # (argument, ids, exclusive bound, what it is, what it indexes): token ids index wte, positions index wpe.
+    ranges = [
+        ("input_ids", input_ids, config.vocab_size, "token id", "the vocabulary"),
+        ("position_ids", position_ids, config.n_positions, "position", "the position table (n_positions)"),
+    ]
+    ranges = [entry for entry in ranges if entry[1] is not None]
+    # The range checks read the ids (one device sync for both, a graph break under torch.compile); a compiled
+    # model leaves them to the embedding lookups' own bounds checks.
+    if ranges and not torch.compiler.is_compiling():
+        device = ranges[0][1].device
+        bounds = torch.stack([bound.to(device) for _, ids, *_ in ranges for bound in ids.aminmax()]).tolist()
+        for (name, _, high, what, table), low, top in zip(ranges, bounds[0::2], bounds[1::2]):
+            if low < 0 or top >= high:
+                raise ValueError(f"{name} contains {what} {low if low < 0 else top}, outside {table} [0, {high})")
     total = past_length + seq_len
     if total > config.n_positions:
         raise ValueError(
@@ -453,6 +513,16 @@ def _check_inputs(
         )
     if attention_mask is not None and attention_mask.dim() not in (2, 4):
         raise ValueError(f"attention_mask must be 2-D (batch, length) or a prepared 4-D mask, got {attention_mask.dim()}-D")
+
+
+def _check_cache(past_key_values: object) -> None:
+    """transformers 5 models take a `Cache`; the legacy tuple of (key, value) pairs would fail as an AttributeError."""
+    if past_key_values is not None and not isinstance(past_key_values, Cache):
+        raise ValueError(
+            f"past_key_values must be a transformers Cache (e.g. the DynamicCache the model returns with "
+            f"use_cache=True), got {type(past_key_values).__name__}; wrap a legacy tuple of (key, value) pairs with "
+            "DynamicCache(ddp_cache_data=past_key_values)"
+        )
 
 
 class ScratchGPTModel(ScratchGPTPreTrainedModel):
@@ -486,8 +556,9 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        _check_cache(past_key_values)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        _check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
+        _check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length, position_ids)
 
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)

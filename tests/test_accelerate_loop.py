@@ -71,3 +71,20 @@ def test_resume_equals_uninterrupted_and_checkpoints_hold_safetensors(tmp_path, 
 def test_nan_loss_stops_the_loop_naming_the_step(tmp_path, corpus_file):
     with pytest.raises(NonFiniteLossError, match=r"loss became (nan|inf) at step 1"):
         run_in_process(tmp_path, corpus_file, learning_rate="1e-3", config_overrides=SMALL + ",initializer_range=1e30")
+
+
+def test_resume_at_or_past_max_steps(tmp_path, corpus_file):
+    """Issue 12.7: resumed at max_steps the loop ends there; a checkpoint past max_steps is refused, not reported
+    as a run that 'ended' at a later step."""
+    run_in_process(tmp_path, corpus_file)  # 6 steps, checkpoint-3 and checkpoint-6
+    again = run_in_process(tmp_path, corpus_file, resume_from_checkpoint="last")
+    assert again["resumed_from"].endswith("checkpoint-6") and again["global_step"] == 6
+    with pytest.raises(ValueError, match=r"checkpoint-6 is at step 6, beyond max_steps 3"):
+        run_in_process(tmp_path, corpus_file, resume_from_checkpoint="last", max_steps="3")
+
+
+@pytest.mark.parametrize("max_steps", ["0", "-5"])
+def test_a_loop_that_would_train_no_step_is_refused(tmp_path, corpus_file, max_steps):
+    with pytest.raises(ValueError, match=rf"max_steps must be >= 1, got {max_steps}"):
+        run_in_process(tmp_path, corpus_file, max_steps=max_steps)
+    assert not (tmp_path / "metrics.json").exists()

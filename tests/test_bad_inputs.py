@@ -62,3 +62,70 @@ def test_both_or_neither_of_ids_and_embeds(tiny_model):
         tiny_model()
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
         tiny_model(torch.zeros(1, 3, dtype=torch.long), inputs_embeds=torch.zeros(1, 3, tiny_model.config.n_embd))
+
+
+# Issue 12.10: labels, position ids and a legacy cache are named too (not IndexError / AttributeError).
+@pytest.mark.parametrize("training", [False, True], ids=["explicit-loss", "fused-training-loss"])
+@pytest.mark.parametrize("bad", [512, 4096, -7])
+def test_label_outside_the_vocabulary(tiny_model, training, bad):
+    tiny_model.train(training)
+    labels = torch.tensor([[1, 2, bad, -100]])
+    with pytest.raises(ValueError, match=rf"labels contains {bad}, outside the vocabulary \[0, 512\)"):
+        tiny_model(torch.tensor([[1, 2, 3, 4]]), labels=labels)
+
+
+def test_loss_functions_check_labels_at_their_input(tiny_model):
+    from hf_scratch_gpt import causal_lm_loss, chunked_causal_lm_loss
+
+    labels = torch.tensor([[1, 600]])
+    with pytest.raises(ValueError, match=r"labels contains 600"):
+        causal_lm_loss(torch.zeros(1, 2, 512), labels)
+    with pytest.raises(ValueError, match=r"labels contains 600"):
+        chunked_causal_lm_loss(torch.zeros(1, 2, 64), torch.zeros(512, 64), labels)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["explicit-loss", "fused-training-loss"])
+@pytest.mark.parametrize("count", [0, torch.tensor(0), -3, torch.tensor(-3.0)], ids=["0", "tensor-0", "-3", "tensor-neg"])
+def test_num_items_in_batch_that_would_return_the_sum(tiny_model, training, count):
+    tiny_model.train(training)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with pytest.raises(ValueError, match=r"num_items_in_batch is -?[03] but this batch has 3 target tokens"):
+        tiny_model(ids, labels=ids, num_items_in_batch=count)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["explicit-loss", "fused-training-loss"])
+def test_num_items_in_batch_zero_is_fine_for_an_all_masked_batch(tiny_model, training):
+    """Trainer passes 0 when a whole accumulated batch is padding: the loss stays exactly 0.0 (no error)."""
+    tiny_model.train(training)
+    loss = tiny_model(torch.tensor([[1, 2, 3]]), labels=torch.full((1, 3), -100), num_items_in_batch=0).loss
+    assert loss.item() == 0.0
+
+
+@pytest.mark.parametrize("bad", [128, -1])
+def test_position_ids_outside_the_position_table(tiny_model, bad):
+    with pytest.raises(ValueError, match=rf"position_ids contains position {bad}, outside .* \[0, 128\)"):
+        tiny_model(torch.tensor([[1, 2, 3]]), position_ids=torch.tensor([[0, 1, bad]]))
+
+
+def test_position_ids_of_the_wrong_length_or_dtype(tiny_model):
+    with pytest.raises(ValueError, match=r"position_ids has shape \(1, 2\), expected .* \(\.\.\., 3\)"):
+        tiny_model(torch.tensor([[1, 2, 3]]), position_ids=torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="position_ids must be an integer tensor"):
+        tiny_model(torch.tensor([[1, 2, 3]]), position_ids=torch.tensor([[0.0, 1.0, 2.0]]))
+
+
+def test_valid_position_ids_still_give_the_default_positions(tiny_model):
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_model(ids, position_ids=torch.arange(3)[None]).logits, tiny_model(ids).logits)
+
+
+def test_legacy_tuple_cache(tiny_model):
+    with torch.no_grad():
+        cache = tiny_model(torch.tensor([[1, 2, 3]]), use_cache=True).past_key_values
+        legacy = tuple((layer.keys, layer.values) for layer in cache.layers)
+        with pytest.raises(ValueError, match=r"past_key_values must be a transformers Cache .* got tuple"):
+            tiny_model(torch.tensor([[4]]), past_key_values=legacy)
+        # the conversion the message names works and gives the uncached logits
+        converted = tiny_model(torch.tensor([[4]]), past_key_values=DynamicCache(ddp_cache_data=legacy)).logits
+        torch.testing.assert_close(converted[:, -1], tiny_model(torch.tensor([[1, 2, 3, 4]])).logits[:, -1])

@@ -47,11 +47,56 @@ def test_attribute_map_sets_gpt2_fields():
         ({"layer_norm_epsilon": 0.0}, "layer_norm_epsilon"),
         ({"activation_function": "swish"}, "activation_function"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
+        # Wrong types and non-finite values (issue 12.9): named, never a TypeError or a silently truthy string.
+        ({"layer_norm_epsilon": float("inf")}, "layer_norm_epsilon"),
+        ({"layer_norm_epsilon": "1e-5"}, "layer_norm_epsilon"),
+        ({"initializer_range": float("nan")}, "initializer_range"),
+        ({"tie_word_embeddings": "no"}, "tie_word_embeddings"),
+        ({"use_cache": 1}, "use_cache"),
+        ({"resid_pdrop": "0.1"}, "resid_pdrop"),
+        ({"embd_pdrop": None}, "embd_pdrop"),
+        ({"label_smoothing": "0.1"}, "label_smoothing"),
+        ({"activation_function": ["relu"]}, "activation_function"),
+        ({"loss_chunk_size": 2.0}, "loss_chunk_size"),
+        # Special tokens outside the vocabulary (transformers only warns about these).
+        ({"bos_token_id": -7}, "bos_token_id"),
+        ({"eos_token_id": 50257}, "eos_token_id"),
+        ({"eos_token_id": [50256, 60000]}, "eos_token_id"),
+        ({"pad_token_id": 1.5}, "pad_token_id"),
+        # A shape that cannot be allocated is named before any allocation.
+        ({"n_positions": 10**12}, "n_positions=1000000000000"),
+        ({"n_layer": 10**6}, "n_layer=1000000"),
     ],
 )
 def test_invalid_values_raise_naming_the_field(overrides, named):
     with pytest.raises(ValueError, match=named.replace("(", r"\(").replace(")", r"\)")):
         ScratchGPTConfig(**overrides)
+
+
+def test_valid_special_token_ids_and_flags_are_accepted():
+    config = ScratchGPTConfig(eos_token_id=[50256, 0], bos_token_id=0, pad_token_id=50256, tie_word_embeddings=False)
+    assert config.eos_token_id == [50256, 0] and config.tie_word_embeddings is False
+
+
+def test_preset_special_ids_follow_an_overridden_vocab_size():
+    """Presets put <|endoftext|> at the last id; an overridden vocab_size moves it there, explicit ids win."""
+    config = ScratchGPTConfig.from_preset("tiny", vocab_size=97)
+    assert (config.bos_token_id, config.eos_token_id) == (96, 96)
+    config = ScratchGPTConfig.from_preset("124M", vocab_size=300, bos_token_id=0, eos_token_id=1)
+    assert (config.bos_token_id, config.eos_token_id) == (0, 1)
+    assert ScratchGPTConfig.from_preset("124M").eos_token_id == 50256
+
+
+def test_saved_config_is_validated_when_loaded(tmp_path):
+    """A hand-edited config.json with a truthy string is refused on load, naming the field."""
+    import json
+
+    ScratchGPTConfig.from_preset("tiny").save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["tie_word_embeddings"] = "no"
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="tie_word_embeddings must be True or False, got 'no'"):
+        ScratchGPTConfig.from_pretrained(tmp_path)
 
 
 def test_unknown_preset():

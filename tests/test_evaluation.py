@@ -90,3 +90,103 @@ def test_evaluate_modules_load_offline_and_compute():
     assert accuracy == {"accuracy": pytest.approx(2 / 3), "tokens": 3}
     with pytest.raises(ValueError, match="unknown metric"):
         load_metric("bleu")
+
+
+# Issue 12.8: metrics are valid JSON or an error, never `NaN` / `Infinity` in the output.
+def test_nan_weights_give_an_error_not_a_nan_loss(tiny_model):
+    with torch.no_grad():
+        tiny_model.transformer.ln_f.weight[0] = float("nan")
+    with pytest.raises(ValueError, match=r"the loss is NaN over 5 scored tokens"):
+        evaluate_texts(tiny_model, ByteTokenizer(), ["hello"])
+
+
+def test_infinite_loss_is_an_error():
+    from hf_scratch_gpt.evaluation import ScoreTotals
+
+    with pytest.raises(ValueError, match="the loss is infinite over 3 scored tokens"):
+        ScoreTotals(nll_sum=float("inf"), tokens=3, correct=0, num_bytes=3).metrics()
+
+
+def test_metrics_that_do_not_exist_are_null_in_valid_json():
+    import json
+
+    from hf_scratch_gpt.evaluation import ScoreTotals
+
+    metrics = ScoreTotals(nll_sum=800.0 * 4, tokens=4, correct=1, num_bytes=0).metrics()  # exp(800) overflows
+    assert metrics["loss"] == 800.0 and metrics["perplexity"] is None and metrics["bits_per_byte"] is None
+    json.dumps(metrics, allow_nan=False)  # raises on NaN / inf
+
+
+# Issue 12.6: --split is honoured for sources training splits itself (embedded corpus, .txt, .jsonl).
+@pytest.fixture(scope="module")
+def saved_folder(tmp_path_factory):
+    from saved_models import save_tiny_model_folder
+
+    folder = tmp_path_factory.mktemp("model")
+    save_tiny_model_folder(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """40 short paragraphs as .txt and the same documents as .jsonl."""
+    import json
+
+    from pydoc_data.topics import topics
+
+    paragraphs = [p.strip()[:200] for name in sorted(topics) for p in topics[name].split("\n\n") if p.strip()][:40]
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "corpus.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["corpus.txt", "corpus.jsonl"])
+def test_evaluate_split_validation_scores_exactly_the_held_out_documents(saved_folder, small_corpus, name):
+    from transformers import AutoTokenizer
+
+    from hf_scratch_gpt import load_model
+    from hf_scratch_gpt.data import load_documents, split_train_validation
+    from hf_scratch_gpt.evaluation import evaluate_model
+
+    source = str(small_corpus / name)
+    parts = split_train_validation(load_documents(source), validation_fraction=0.25, seed=3)
+    model, tokenizer = load_model(saved_folder), AutoTokenizer.from_pretrained(saved_folder)
+    expected = evaluate_texts(model, tokenizer, parts["validation"]["text"])
+    result = evaluate_model(str(saved_folder), dataset=source, dataset_split="validation",
+                            validation_fraction=0.25, split_seed=3)  # fmt: skip
+    assert (result["split"], result["documents"]) == ("validation", 10)
+    assert result["tokens"] == expected["tokens"] and result["loss"] == pytest.approx(expected["loss"], rel=1e-12)
+    train = evaluate_model(str(saved_folder), dataset=source, dataset_split="train", validation_fraction=0.25, split_seed=3)
+    everything = evaluate_model(str(saved_folder), dataset=source)  # unset: every document, and it says so
+    assert (train["documents"], everything["split"], everything["documents"]) == (30, "all", 40)
+    assert train["tokens"] + result["tokens"] == everything["tokens"]
+
+
+def test_evaluate_split_that_a_local_source_does_not_have(saved_folder, small_corpus):
+    from hf_scratch_gpt.evaluation import evaluate_model
+
+    with pytest.raises(ValueError, match=r"split 'test' does not exist for .*corpus.txt.*\['validation', 'train', 'all'\]"):
+        evaluate_model(str(saved_folder), dataset=str(small_corpus / "corpus.txt"), dataset_split="test")
+    with pytest.raises(ValueError, match="applies to a dataset, not to a text file"):
+        evaluate_model(str(saved_folder), text_file=str(small_corpus / "corpus.txt"), dataset_split="validation")
+
+
+def test_embedded_corpus_validation_split_is_the_one_training_holds_out():
+    """The demo and `train` hold out split_train_validation(pydoc) with training's defaults: the same documents."""
+    from hf_scratch_gpt.evaluation import load_evaluation_texts
+    from hf_scratch_gpt.training.components import DataArguments, load_and_split
+
+    texts, split = load_evaluation_texts("pydoc", split="validation")
+    assert split == "validation" and texts == load_and_split(DataArguments(dataset="pydoc"))["validation"]["text"]
+
+
+def test_cli_evaluate_honours_split(saved_folder, small_corpus, capsys):
+    import json
+
+    from hf_scratch_gpt.cli import main
+
+    main(["evaluate", str(saved_folder), "--dataset", str(small_corpus / "corpus.txt"), "--split", "validation",
+          "--validation-fraction", "0.25"])  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert (result["split"], result["documents"]) == ("validation", 10)

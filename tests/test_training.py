@@ -116,6 +116,54 @@ def test_label_smoothing_through_trainer_equals_models_own_smoothed_loss(tmp_pat
     assert abs(expected - unsmoothed) > 1e-2  # the smoothing is really on
 
 
+def smoothed_loss_by_hand(logits, labels, epsilon, shift=True):
+    """(1 - ε)·NLL + ε·mean over the vocabulary of -log p, position t against token t+1 (unshifted: against token
+    t, the mistake to rule out), mean over unmasked targets."""
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    log_probs = torch.log_softmax(logits.double(), dim=-1)  # (B, T', V)
+    targets = labels
+    mask = targets != -100
+    nll = -log_probs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
+    uniform = -log_probs.mean(dim=-1)
+    return (((1 - epsilon) * nll + epsilon * uniform)[mask].sum() / mask.sum()).item()
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_plain_trainer_label_smoothing_uses_shifted_labels(tmp_path, accumulation):
+    """Issue 12.12: a plain `transformers.Trainer` (what TRL's SFTTrainer and users' subclasses build on) smooths
+    against the shifted labels, because importing the package lists the class in transformers' causal-LM table."""
+    from transformers import Trainer
+
+    def trainer_for(model, output_dir, **overrides):
+        args = TrainingArguments(**{
+            "output_dir": str(output_dir), "max_steps": 1, "per_device_train_batch_size": 8 // accumulation,
+            "gradient_accumulation_steps": accumulation, "logging_steps": 1, "save_strategy": "no",
+            "report_to": "none", "disable_tqdm": True, "use_cpu": True, "seed": 0, "data_seed": 0,
+            "label_smoothing_factor": 0.1, **overrides,
+        })  # fmt: skip
+        return Trainer(model=model, args=args, train_dataset=variable_length_pairs(), data_collator=CompletionCollator(0))
+
+    trainer = trainer_for(make_tiny_model(), tmp_path / "run")
+    trainer.train()
+    (logged,) = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+
+    model = make_tiny_model()
+    loader = iter(trainer_for(model, tmp_path / "x").get_train_dataloader())  # the same batches (same seeds)
+    batches = [next(loader) for _ in range(accumulation)]
+    width = max(b["input_ids"].size(1) for b in batches)
+    pad = lambda t, value: torch.nn.functional.pad(t, (0, width - t.size(1)), value=value)  # noqa: E731
+    input_ids = torch.cat([pad(b["input_ids"], 0) for b in batches])
+    labels = torch.cat([pad(b["labels"], -100) for b in batches])
+    attention_mask = torch.cat([pad(b["attention_mask"], 0) for b in batches])
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    expected = smoothed_loss_by_hand(logits, labels, 0.1)
+    unshifted = smoothed_loss_by_hand(logits, labels, 0.1, shift=False)
+    assert logged == pytest.approx(expected, abs=1e-5)
+    assert abs(expected - unshifted) > 0.05  # what an unshifted smoother would have logged is far off
+
+
 class StopAfter(TrainerCallback):
     """Interrupts training after optimizer step `step` (same schedule as the full run, unlike a smaller max_steps)."""
 
@@ -137,6 +185,36 @@ def test_resume_from_checkpoint_reaches_the_same_final_loss(tmp_path, corpus_fil
     full_log = json.loads((tmp_path / "full" / "metrics.json").read_text())["history"]
     resumed_log = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["history"]
     assert [r["loss"] for r in resumed_log if "loss" in r][-1] == pytest.approx([r["loss"] for r in full_log if "loss" in r][-1], abs=1e-6)
+
+
+def test_resume_at_max_steps_trains_no_further_step(tmp_path, corpus_file):
+    """Issue 12.7: Trainer checks max_steps only after a step, so a resume from checkpoint-{max_steps} trained
+    one more step (and saved checkpoint-{max_steps + 1}, from which the next resume went on)."""
+    first = train_with_trainer(*small_run_args(tmp_path, corpus_file, max_steps=4, save_steps=2))
+    assert first["global_step"] == 4 and last_checkpoint(tmp_path).endswith("checkpoint-4")
+    weights = {k: v.clone() for k, v in ScratchGPTForCausalLM.from_pretrained(tmp_path).state_dict().items()}
+    for _ in range(2):  # repeated resumes do not creep forward either
+        resumed = train_with_trainer(
+            *small_run_args(tmp_path, corpus_file, max_steps=4, save_steps=2, resume_from_checkpoint="last")
+        )
+        assert resumed["resumed_from"].endswith("checkpoint-4")
+        assert resumed["global_step"] == 4 and resumed["train_loss"] is None  # nothing trained: no loss to report
+        assert last_checkpoint(tmp_path).endswith("checkpoint-4")
+    for name, value in ScratchGPTForCausalLM.from_pretrained(tmp_path).state_dict().items():
+        torch.testing.assert_close(value, weights[name], rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match=r"checkpoint-4 is at step 4, beyond max_steps 3"):
+        train_with_trainer(*small_run_args(tmp_path, corpus_file, max_steps=3, resume_from_checkpoint="last"))
+
+
+@pytest.mark.parametrize("lengths", [{"max_steps": -5, "num_train_epochs": 0}, {"max_steps": 0, "num_train_epochs": 3}])
+def test_a_run_that_would_train_no_step_is_refused(tmp_path, corpus_file, lengths):
+    """Issue 12.8: max_steps -5 with 0 epochs trained 0 steps and reported success; max_steps 0 trained 1 step."""
+    with pytest.raises(ValueError, match=rf"nothing to train: max_steps={lengths['max_steps']} and num_train_epochs="):
+        train_with_trainer(*small_run_args(tmp_path, corpus_file, **lengths))
+    assert not (tmp_path / "metrics.json").exists()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **lengths)
+    with pytest.raises(ValueError, match="nothing to train"):
+        ScratchGPTTrainer(model=make_tiny_model(), args=args, train_dataset=variable_length_pairs())
 
 
 class PoisonWeightsAfter(TrainerCallback):

@@ -67,7 +67,7 @@ def test_save_pretrained_round_trip_is_exact(tiny_model, tmp_path):
 
 
 def test_init_uses_scaled_residual_projection():
-    config = ScratchGPTConfig(vocab_size=64, n_positions=16, n_embd=256, n_layer=8, n_head=4)
+    config = ScratchGPTConfig(vocab_size=64, n_positions=16, n_embd=256, n_layer=8, n_head=4, bos_token_id=63, eos_token_id=63)
     torch.manual_seed(0)
     model = ScratchGPTForCausalLM(config)
     block = model.transformer.h[0]

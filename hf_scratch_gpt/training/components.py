@@ -163,6 +163,35 @@ def load_and_split(data_args: DataArguments):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Training length
+# ---------------------------------------------------------------------------------------------------------------------
+def check_training_length(max_steps: int, num_train_epochs: float | None = None) -> None:
+    """Refuse a length that trains no step (or, for `max_steps=0`, Trainer's one stray step) yet reports success.
+
+    `TrainingArguments` semantics: `max_steps > 0` wins; a negative `max_steps` (default -1) means "count
+    `num_train_epochs`". The Accelerate loop counts steps only (`num_train_epochs=None`).
+    """
+    if num_train_epochs is None:
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        return
+    if max_steps == 0 or (max_steps < 0 and not num_train_epochs > 0):
+        raise ValueError(
+            f"nothing to train: max_steps={max_steps} and num_train_epochs={num_train_epochs}; set max_steps >= 1, "
+            "or leave max_steps at -1 and set num_train_epochs > 0"
+        )
+
+
+def check_resume_step(checkpoint_step: int, max_steps: int, checkpoint: str | os.PathLike) -> None:
+    """A resumed run ends exactly at `max_steps`: refuse a checkpoint that is already past it."""
+    if checkpoint_step > max_steps:
+        raise ValueError(
+            f"{checkpoint} is at step {checkpoint_step}, beyond max_steps {max_steps}: a resumed run cannot end at "
+            f"max_steps; set max_steps >= {checkpoint_step} or resume from an earlier checkpoint"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------------------------------
 class NonFiniteLossError(RuntimeError):

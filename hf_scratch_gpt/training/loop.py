@@ -50,6 +50,8 @@ from .components import (
     build_datasets,
     build_model,
     build_tokenizer,
+    check_resume_step,
+    check_training_length,
     load_and_split,
     non_finite_message,
     publish_directory,
@@ -197,6 +199,7 @@ def train_with_accelerate(
     if fsdp_options is not None and loop_args.mixed_precision == "fp16":
         # fp16 needs a gradient scaler that understands sharded gradients (and clipping after unscaling); bf16 does not.
         raise ValueError("FSDP with --mixed_precision fp16 is not supported by this loop; use bf16 or no")
+    check_training_length(loop_args.max_steps)
     accelerator = Accelerator(
         # accelerate picks MULTI_CPU (gloo) under torchrun only when told it runs on CPU; with no GPU/XPU/MPS that is
         # the only option, and without it each process would silently train alone.
@@ -272,6 +275,8 @@ def train_with_accelerate(
             scheduler.load_state_dict(loop_state["scheduler"])
         step, tokens_seen, history = loop_state["step"], loop_state["tokens_seen"], loop_state["history"]
         logger.info("resumed from %s at step %d", resume, step)
+    if resume is not None:
+        check_resume_step(step, loop_args.max_steps, resume)
 
     steps_per_epoch = len(train_loader)
     progress = tqdm(

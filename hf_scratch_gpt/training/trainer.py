@@ -1,10 +1,11 @@
 """`hf-scratch-gpt train`: transformers' `Trainer` with `HfArgumentParser` (the shape of the `run_clm` example).
 
 What `ScratchGPTTrainer` adds to `Trainer`, and why:
-- Label smoothing. `Trainer` applies `label_smoothing_factor` with shifted labels only to the model classes in
-  transformers' own causal-LM table; for this model it would smooth against UNSHIFTED labels (every prediction
-  scored against its own input token). So the factor is moved into `config.label_smoothing`, which the model's
-  loss applies to the correctly shifted targets, and `Trainer`'s label smoother is switched off.
+- Label smoothing. The factor is moved into `config.label_smoothing`, which the model's own loss applies to the
+  shifted targets in its memory-lean fused path, and `Trainer`'s label smoother (which needs the full (B, T, V)
+  logits and their log-softmax) is switched off. A plain `Trainer` is right too, just heavier: it shifts the
+  labels for its smoother only for class names in transformers' causal-LM table, and importing this package
+  adds ours there (`hf_scratch_gpt/__init__.py`).
 - Gradient accumulation. `Trainer` 5.23 counts `num_items_in_batch` over `labels[..., 1:]` for models whose
   `loss_type` is `ForCausalLM` (ours is), i.e. exactly the targets our loss scores; the model divides its summed
   token losses by that count, so k micro-batches give the loss and gradients of the one large batch.
@@ -49,6 +50,8 @@ from .components import (
     build_datasets,
     build_model,
     build_tokenizer,
+    check_resume_step,
+    check_training_length,
     load_and_split,
     non_finite_message,
     publish_directory,
@@ -75,6 +78,7 @@ class ScratchGPTTrainer(Trainer):
                 f"(distributed type {self.accelerator.distributed_type}); Trainer's FSDP needs GPUs. On CPU use "
                 "`hf-scratch-gpt train --loop accelerate --fsdp true` under torchrun"
             )
+        check_training_length(self.args.max_steps, self.args.num_train_epochs)
         self._staging_root: str | None = None
         factor = self.args.label_smoothing_factor
         if factor:
@@ -84,8 +88,18 @@ class ScratchGPTTrainer(Trainer):
                     f"label_smoothing_factor {factor} conflicts with the model's config.label_smoothing "
                     f"{config.label_smoothing}; set one of them"
                 )
-            config.label_smoothing = factor  # the model smooths against the shifted targets
-            self.label_smoother = None  # Trainer's would smooth against unshifted labels for this class
+            config.label_smoothing = factor  # the model smooths against the shifted targets, fused
+            self.label_smoother = None  # Trainer's would need the full logits
+
+    def _run_epoch(self, *args, **kwargs):
+        # Trainer checks max_steps only after an optimizer step: resumed from a checkpoint already at max_steps it
+        # would train one step more (and save checkpoint-{max_steps + 1}, which the next resume goes on from).
+        if self.state.global_step >= self.state.max_steps:
+            check_resume_step(self.state.global_step, self.state.max_steps, kwargs.get("resume_from_checkpoint"))
+            logger.info("step %d is already max_steps: nothing left to train", self.state.global_step)
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -182,6 +196,7 @@ def train_with_trainer(
 
     Returns the final metrics plus `model_dir`, `plot` and `metrics_file` paths.
     """
+    check_training_length(training_args.max_steps, training_args.num_train_epochs)  # before any data is read
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     if training_args.include_num_input_tokens_seen == "no":
@@ -222,8 +237,10 @@ def train_with_trainer(
     # weights (safetensors), config, model code and tokenizer; every process takes part (FSDP gathers the weights)
     trainer.save_model(str(staging), _internal_call=True)
 
+    trained_now = train_result.global_step - trainer._initial_global_step  # steps run by this call
     result: dict[str, Any] = {
-        "train_loss": train_result.training_loss,
+        # Trainer reports 0.0 when a resumed run had nothing left to train; there is no loss to report then.
+        "train_loss": train_result.training_loss if trained_now else None,
         "global_step": train_result.global_step,
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
         **eval_metrics,
