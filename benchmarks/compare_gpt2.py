@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 def build_pair(preset: str, device: str, seed: int = 0) -> tuple[GPT2LMHeadModel, torch.nn.Module]:
     """GPT2LMHeadModel (sdpa) with seeded random weights, and ScratchGPT holding the very same weights."""
     shape = {k: v for k, v in ScratchGPTConfig.from_preset(preset).to_dict().items()
-             if k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")}
+             if k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "bos_token_id", "eos_token_id")}
     torch.manual_seed(seed)
     config = GPT2Config(**shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa")
     gpt2 = GPT2LMHeadModel(config)
