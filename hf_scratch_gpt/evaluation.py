@@ -177,7 +177,10 @@ def evaluate_model(
     if text_file is not None:
         if not Path(text_file).is_file():
             raise FileNotFoundError(f"text file {text_file!r} does not exist")
-        texts = [Path(text_file).read_text(encoding="utf-8")]
+        try:
+            texts = [Path(text_file).read_text(encoding="utf-8")]
+        except UnicodeDecodeError as error:
+            raise ValueError(f"text file {text_file!r} is not UTF-8 text: {error}") from error
         if not texts[0].strip():
             raise ValueError(f"text file {text_file!r} is empty or whitespace-only")
     else:

@@ -32,13 +32,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..evaluation import load_metric, score_logits
 from .components import (
     STAGING_PREFIX,
     DataArguments,
+    FlagParser,
     ModelArguments,
     NonFiniteLossError,
     build_datasets,
@@ -222,12 +223,17 @@ def write_json(data: dict, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def parse_train_arguments(argv: Sequence[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Command-line flags (or one .json file) → the three dataclasses, as in run_clm."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=list(argv))
+TRAIN_HELP = """Train with transformers' Trainer (`--loop trainer`, the default): from a preset, or fine-tune a saved
+folder with --model_name_or_path. The flags are the fields of ModelArguments and DataArguments (sections below) and
+of transformers' TrainingArguments (options); `--output_dir` is required. The explicit Accelerate loop has its own
+flags: `hf-scratch-gpt train --loop accelerate --help`."""
+
+
+def parse_train_arguments(
+    argv: Sequence[str], prog: str = "hf-scratch-gpt train"
+) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Command-line flags (or one .json file) → the three dataclasses, as in run_clm. `--help` lists every flag."""
+    return FlagParser((ModelArguments, DataArguments, TrainingArguments), prog, TRAIN_HELP).parse_flags(argv)
 
 
 def train_from_argv(argv: Sequence[str] | None = None) -> dict[str, Any]:
