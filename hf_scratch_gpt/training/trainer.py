@@ -170,6 +170,7 @@ def train_with_trainer(
     tokenizer = build_tokenizer(model_args, documents["train"], data_args.text_column)
     model = build_model(model_args, tokenizer)
     train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, model, documents)
+    check_one_batch_each(training_args, train_dataset, eval_dataset)
 
     history = LossHistoryCallback()
     trainer = ScratchGPTTrainer(
@@ -205,6 +206,29 @@ def train_with_trainer(
         result["metrics_file"] = str(output_dir / "metrics.json")
         write_json({**result, "history": records}, output_dir / "metrics.json")
     return result
+
+
+def check_one_batch_each(training_args: TrainingArguments, train_dataset, eval_dataset) -> None:
+    """Before training: each split must fill one batch (a final `evaluate()` always runs). With
+    `dataloader_drop_last`, a validation split smaller than one batch is silently empty, and Trainer fails only
+    after training (`KeyError` for `metric_for_best_model`)."""
+    processes = training_args.world_size
+    for split, dataset, batch_size, flag in (
+        ("train", train_dataset, training_args.per_device_train_batch_size, "per_device_train_batch_size"),
+        ("validation", eval_dataset, training_args.per_device_eval_batch_size, "per_device_eval_batch_size"),
+    ):
+        try:
+            size = len(dataset)
+        except TypeError:  # a streamed dataset: its length is not known up front
+            continue
+        needed = batch_size * processes if training_args.dataloader_drop_last else processes
+        if size < needed:
+            raise ValueError(
+                f"the {split} split has {size} examples, fewer than {needed} "
+                + (f"(one batch: {flag} {batch_size} x {processes} processes, with dataloader_drop_last)"
+                   if training_args.dataloader_drop_last else f"(one per process)")
+                + "; use more text, a larger validation share, a smaller batch size or a smaller block size"
+            )
 
 
 def _history_from_log(log_history: list[dict]) -> list[dict]:
