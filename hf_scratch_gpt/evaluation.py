@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .modeling_scratch_gpt import IGNORE_INDEX
 
@@ -147,7 +148,8 @@ def evaluate_texts(model, tokenizer, texts: list[str], stride: int | None = None
     """Metrics over several texts, each scored on its own; the totals (not the per-text means) are combined."""
     model.eval()
     totals = ScoreTotals()
-    for text in texts:
+    # A progress bar (stderr) when there are several texts: scoring every pydoc paragraph takes a while on a CPU.
+    for text in tqdm(texts, desc="Scoring", unit="text", disable=len(texts) < 2, leave=False):
         totals = totals + score_text(model, tokenizer, text, stride=stride)
     return totals.metrics()
 

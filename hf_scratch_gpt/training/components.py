@@ -101,6 +101,16 @@ class FlagParser(HfArgumentParser):
         return tuple(parsed)
 
 
+def progress_bars_on_main_process_only(is_local_main_process: bool) -> None:
+    """Under torchrun every process runs the data pipeline; only one per machine shows its progress bars."""
+    if not is_local_main_process:
+        import datasets
+        from transformers.utils import logging as transformers_logging
+
+        datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
+
+
 def parse_overrides(text: str | None) -> dict[str, Any]:
     """'n_embd=128,n_layer=4,resid_pdrop=0.0' → {'n_embd': 128, 'n_layer': 4, 'resid_pdrop': 0.0}."""
     overrides: dict[str, Any] = {}

@@ -49,6 +49,7 @@ from .components import (
     build_tokenizer,
     load_and_split,
     non_finite_message,
+    progress_bars_on_main_process_only,
     publish_directory,
     remove_stale_staging,
     resolve_resume,
@@ -157,6 +158,7 @@ def train_with_accelerate(
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
     )
     set_seed(loop_args.seed)
+    progress_bars_on_main_process_only(accelerator.is_local_main_process)
     output_dir = Path(loop_args.output_dir)
     processes = accelerator.num_processes
     accumulation = loop_args.gradient_accumulation_steps

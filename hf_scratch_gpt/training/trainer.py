@@ -47,6 +47,7 @@ from .components import (
     build_tokenizer,
     load_and_split,
     non_finite_message,
+    progress_bars_on_main_process_only,
     publish_directory,
     remove_stale_staging,
     resolve_resume,
@@ -165,6 +166,9 @@ def train_with_trainer(
         training_args.include_num_input_tokens_seen = "all" if data_args.prompt_column is None else "non_padding"
     # Non-finite losses must reach the check in `training_step`, not be hidden by averaging in the logs.
     training_args.logging_nan_inf_filter = False
+    if training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False  # pinning is for copies to an accelerator; on CPU torch warns
+    progress_bars_on_main_process_only(training_args.local_process_index == 0)
 
     documents = load_and_split(data_args)
     tokenizer = build_tokenizer(model_args, documents["train"], data_args.text_column)
