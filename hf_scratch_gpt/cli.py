@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 
 PROG = "hf-scratch-gpt"
 DEBUG_ENVIRONMENT_VARIABLE = "HF_SCRATCH_GPT_DEBUG"
@@ -69,11 +70,18 @@ def _device(text: str) -> str:
     return text
 
 
-def _quiet_weight_loading() -> None:
-    """No "Loading weights" progress bar: loading a saved folder takes a moment, the bar is noise in the output."""
+@contextmanager
+def _no_weight_loading_bar():
+    """No "Loading weights" progress bar while a saved folder loads: it takes a moment, the bar is noise."""
     from transformers.utils import logging as transformers_logging
 
+    enabled = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def _smoke(args: argparse.Namespace) -> int:
@@ -165,11 +173,11 @@ def _add_train(subparsers) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_model
 
-    _quiet_weight_loading()
-    result = evaluate_model(
-        args.model, text_file=args.text_file, dataset=args.dataset, dataset_config=args.dataset_config,
-        dataset_split=args.split, text_column=args.text_column, stride=args.stride, device=args.device,
-    )  # fmt: skip
+    with _no_weight_loading_bar():
+        result = evaluate_model(
+            args.model, text_file=args.text_file, dataset=args.dataset, dataset_config=args.dataset_config,
+            dataset_split=args.split, text_column=args.text_column, stride=args.stride, device=args.device,
+        )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
 
@@ -245,9 +253,9 @@ def _generate(args: argparse.Namespace) -> int:
     from .generation import build_generation_config, format_steps, generate_text
     from .loading import load_model, load_tokenizer
 
-    _quiet_weight_loading()
-    model = load_model(args.model, revision=args.revision)
-    tokenizer = load_tokenizer(args.model, revision=args.revision)
+    with _no_weight_loading_bar():
+        model = load_model(args.model, revision=args.revision)
+        tokenizer = load_tokenizer(args.model, revision=args.revision)
     generation_config = build_generation_config(
         model,
         max_new_tokens=args.max_new_tokens,
