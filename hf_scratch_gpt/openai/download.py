@@ -125,6 +125,7 @@ def download_file(url: str, dest: str | os.PathLike, *, retries: int = 5, timeou
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    allowed = retries  # retries left to the current kind of failure (fewer for an unreachable host)
     for attempt in range(retries + 1):
         try:
             _fetch_into_part(url, part, timeout, progress)
@@ -136,7 +137,9 @@ def download_file(url: str, dest: str | os.PathLike, *, retries: int = 5, timeou
             problem = f"HTTP {error.code}"
         except (_IncompleteBody, urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
             cause = _unreachable_cause(error)
-            if cause is not None and attempt + 1 >= min(UNREACHABLE_ATTEMPTS, retries + 1):
+            if cause is not None:
+                allowed = min(retries, UNREACHABLE_ATTEMPTS - 1)
+            if cause is not None and attempt >= allowed:
                 reason = getattr(error, "reason", error)
                 raise DownloadError(f"cannot download {url}: {cause} [{reason}]{_kept(part)}") from error
             if attempt == retries:
@@ -144,7 +147,7 @@ def download_file(url: str, dest: str | os.PathLike, *, retries: int = 5, timeou
                     f"{url}: download incomplete after {retries + 1} attempts ({_describe(error)}){_kept(part)}"
                 ) from error
             problem = _describe(error)
-        logger.warning(f"{url}: {problem}, retrying ({attempt + 1}/{retries}) from byte "
+        logger.warning(f"{url}: {problem}, retrying ({attempt + 1}/{allowed}) from byte "
                        f"{part.stat().st_size if part.exists() else 0}")
         time.sleep(backoff * 2**attempt)
     raise AssertionError("unreachable: the loop returns or raises")  # retries >= 0 was checked above
