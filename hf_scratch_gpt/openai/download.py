@@ -125,7 +125,7 @@ def download_file(url: str, dest: str | os.PathLike, *, retries: int = 5, timeou
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    allowed = retries  # retries left to the current kind of failure (fewer for an unreachable host)
+    allowed = retries  # retries the latest kind of failure gets (fewer for an unreachable host)
     for attempt in range(retries + 1):
         try:
             _fetch_into_part(url, part, timeout, progress)
@@ -134,11 +134,10 @@ def download_file(url: str, dest: str | os.PathLike, *, retries: int = 5, timeou
         except urllib.error.HTTPError as error:
             if error.code not in RETRYABLE_STATUS or attempt == retries:
                 raise DownloadError(f"HTTP {error.code} {error.reason} for {url}{_kept(part)}") from error
-            problem = f"HTTP {error.code}"
+            problem, allowed = f"HTTP {error.code}", retries
         except (_IncompleteBody, urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
             cause = _unreachable_cause(error)
-            if cause is not None:
-                allowed = min(retries, UNREACHABLE_ATTEMPTS - 1)
+            allowed = retries if cause is None else min(retries, UNREACHABLE_ATTEMPTS - 1)
             if cause is not None and attempt >= allowed:
                 reason = getattr(error, "reason", error)
                 raise DownloadError(f"cannot download {url}: {cause} [{reason}]{_kept(part)}") from error
