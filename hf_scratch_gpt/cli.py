@@ -2,7 +2,8 @@
 
 A mistake in the input (a missing folder, a bad flag value, a file that is not UTF-8, no network) ends in one line
 `hf-scratch-gpt: error: ...` on stderr and exit code 1; `--debug` or HF_SCRATCH_GPT_DEBUG=1 shows the traceback.
-Building the parser imports nothing heavy, so `--help` is quick; each handler imports what it needs.
+Each handler imports what it needs; building the parser adds no heavy import of its own (the package import that
+registers the Auto classes, and so loads torch and transformers, is most of what `--help` costs).
 """
 
 import argparse
@@ -393,12 +394,12 @@ def _loaded_classes(names: Sequence[tuple[str, str]]) -> tuple[type[BaseExceptio
 
 
 def describe_error(error: BaseException) -> str:
-    """The error's message on one line (with its cause for a wrapping error, its class for an ImportError)."""
+    """The error's message on one line (with its cause for a wrapping error, its class for a missing module)."""
     message = str(error) or type(error).__name__
     cause = error.__cause__ or error.__context__
     if isinstance(error, _loaded_classes(WRAPPING_LIBRARY_ERRORS)) and cause is not None:
         message = f"{message}: {cause}"
-    if isinstance(error, ImportError):  # "No module named 'tensorflow'" alone does not say it is missing
+    if isinstance(error, ModuleNotFoundError):  # "No module named 'x'" alone does not say what is wrong
         message = f"{type(error).__name__}: {message}"
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
