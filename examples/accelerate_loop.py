@@ -6,15 +6,27 @@
     torchrun --nproc_per_node 2 examples/accelerate_loop.py --fsdp true ...                         # the same FSDP2
 """
 
+import argparse
 import json
-import sys
 
 from hf_scratch_gpt.training.loop import loop_from_argv
 
 DEFAULTS = ["--output_dir", "runs/loop", "--max_steps", "200", "--global_batch_size", "16",
             "--config_overrides", "n_positions=128,n_embd=128,n_layer=4,n_head=4"]  # fmt: skip
 
-if __name__ == "__main__":
-    result = loop_from_argv(DEFAULTS + sys.argv[1:])
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, usage="%(prog)s [LOOP FLAGS]",
+        epilog="Every flag is a field of ModelArguments, DataArguments or LoopArguments"
+        "\nand overrides this script's defaults (`hf-scratch-gpt train --loop accelerate --help` lists them all).",
+        allow_abbrev=False,  # only --help/-h are this script's; every other flag passes through
+    )  # fmt: skip
+    _, flags = parser.parse_known_args()
+    result = loop_from_argv(DEFAULTS + flags)
     if "plot" in result:  # the main process reports
         print(json.dumps({k: result[k] for k in ("eval_loss", "eval_perplexity", "processes", "model_dir", "plot")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

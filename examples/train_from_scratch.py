@@ -6,8 +6,8 @@ Any TrainingArguments / ModelArguments / DataArguments flag works (e.g. --datase
 --config_overrides n_embd=128,n_layer=4 --gradient_accumulation_steps 4 --label_smoothing_factor 0.1).
 """
 
+import argparse
 import json
-import sys
 
 from hf_scratch_gpt.training.trainer import train_from_argv
 
@@ -16,6 +16,18 @@ DEFAULTS = ["--output_dir", "runs/scratch", "--max_steps", "200", "--per_device_
             "--save_steps", "100", "--report_to", "none",
             "--config_overrides", "n_positions=128,n_embd=128,n_layer=4,n_head=4"]  # fmt: skip
 
-if __name__ == "__main__":
-    result = train_from_argv(DEFAULTS + sys.argv[1:])  # later flags override the defaults
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, usage="%(prog)s [TRAINER FLAGS]",
+        epilog="Every flag is a field of ModelArguments, DataArguments or TrainingArguments"
+        "\nand overrides this script's defaults (`hf-scratch-gpt train --help` lists them all).",
+        allow_abbrev=False,  # only --help/-h are this script's; every other flag passes through
+    )  # fmt: skip
+    _, flags = parser.parse_known_args()
+    result = train_from_argv(DEFAULTS + flags)  # later flags override the defaults
     print(json.dumps({k: result[k] for k in ("eval_loss", "eval_perplexity", "eval_accuracy", "model_dir", "plot")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,93 @@
-"""`hf-scratch-gpt` command line: each subcommand parses its arguments and calls one library function."""
+"""`hf-scratch-gpt` command line: each subcommand parses its arguments and calls one library function.
+
+A mistake in the input (a missing folder, a bad flag value, a file that is not UTF-8, no network) ends in one line
+`hf-scratch-gpt: error: ...` on stderr and exit code 1; `--debug` or HF_SCRATCH_GPT_DEBUG=1 shows the traceback.
+Each handler imports what it needs; building the parser adds no heavy import of its own (the package import that
+registers the Auto classes, and so loads torch and transformers, is most of what `--help` costs).
+"""
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+PROG = "hf-scratch-gpt"
+DEBUG_ENVIRONMENT_VARIABLE = "HF_SCRATCH_GPT_DEBUG"
+# Errors that a user's input or environment causes; their messages name the file, value or flag, so the CLI prints
+# the message alone. ValueError includes json.JSONDecodeError, UnicodeDecodeError and pyarrow's ArrowInvalid;
+# OSError includes FileNotFoundError, the downloader's DownloadError and huggingface_hub's HTTP errors; ImportError
+# is a missing optional dependency (TensorFlow for convert-openai). Anything else is a bug: it keeps its traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
+# Library errors of the same kind, as (module, class) so that checking for them imports nothing: an error can only
+# be of a class whose module is already loaded.
+EXPECTED_LIBRARY_ERRORS = (
+    ("datasets.exceptions", "DatasetsError"),  # e.g. DatasetGenerationError for a bad .jsonl line
+    ("safetensors", "SafetensorError"),
+    ("hf_scratch_gpt.training.components", "NonFiniteLossError"),
+)
+# Errors whose own message only says that something failed ("An error occurred while generating the dataset"); the
+# one line adds their cause, which says what (e.g. "JSON parse error: ... in row 1").
+WRAPPING_LIBRARY_ERRORS = (("datasets.exceptions", "DatasetGenerationError"),)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with a usage mistake reported in one line (argparse prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type` for integers >= minimum, whose refusal says what was expected."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _device(text: str) -> str:
+    """A torch device this machine has ('cpu', 'cuda', 'cuda:1', 'mps'), checked before any model is loaded."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device name ({error})") from None
+    available = {
+        "cpu": lambda: True,
+        "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+        "mps": lambda: torch.backends.mps.is_available(),
+    }
+    if not available.get(device.type, lambda: False)():
+        raise argparse.ArgumentTypeError(f"device {text!r} is not available on this machine (try cpu)")
+    return text
+
+
+@contextmanager
+def _no_weight_loading_bar():
+    """No "Loading weights" progress bar while a saved folder loads: it takes a moment, the bar is noise."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def _smoke(args: argparse.Namespace) -> int:
@@ -31,7 +115,7 @@ def _download_openai(args: argparse.Namespace) -> int:
 
 
 def _add_download_openai(subparsers) -> None:
-    from .openai.download import OPENAI_BASE_URL, OPENAI_SIZES
+    from .openai.download import OPENAI_BASE_URL, OPENAI_SIZES  # a light module: stdlib + tqdm
 
     parser = subparsers.add_parser(
         "download-openai", help="download one of OpenAI's GPT-2 TensorFlow checkpoints (resumable)"
@@ -40,7 +124,8 @@ def _add_download_openai(subparsers) -> None:
     parser.add_argument("dir", help="folder to download the seven checkpoint files into")
     parser.add_argument("--base-url", default=OPENAI_BASE_URL,
                         help="folder URL holding one subfolder per size (default: OpenAI's public storage)")
-    parser.add_argument("--retries", type=int, default=5, help="retries per file after a cut connection or 5xx")
+    parser.add_argument("--retries", type=_non_negative_int, default=5,
+                        help="retries per file after a cut connection, a timeout or a 5xx (an unreachable host: 1)")
     parser.set_defaults(handler=_download_openai)
 
 
@@ -74,7 +159,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         from .training.trainer import train_from_argv as run
 
-    result = run(args.training_arguments)
+    result = run(args.training_arguments)  # `--help` is among them: the loop's own parser lists every flag
     if result.get("plot"):  # the main process of a multi-process run reports
         print(json.dumps(result, indent=2, default=str))
     return 0
@@ -84,7 +169,8 @@ def _add_train(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train from a preset or fine-tune a folder (Trainer, or --loop accelerate); "
-        "all other flags are run_clm-style dataclass fields (ModelArguments, DataArguments, TrainingArguments or LoopArguments)",
+        "`train [--loop accelerate] --help` lists every flag",
+        add_help=False,  # `--help` goes to the chosen loop's parser, which knows the dataclass flags
     )
     parser.add_argument("--loop", choices=("trainer", "accelerate"), default="trainer")
     parser.set_defaults(handler=_train, passes_extra_arguments=True)
@@ -93,11 +179,12 @@ def _add_train(subparsers) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_model
 
-    result = evaluate_model(
-        args.model, text_file=args.text_file, dataset=args.dataset, dataset_config=args.dataset_config,
-        dataset_split=args.split, text_column=args.text_column, stride=args.stride, device=args.device,
-        validation_fraction=args.validation_fraction, split_seed=args.split_seed,
-    )  # fmt: skip
+    with _no_weight_loading_bar():
+        result = evaluate_model(
+            args.model, text_file=args.text_file, dataset=args.dataset, dataset_config=args.dataset_config,
+            dataset_split=args.split, text_column=args.text_column, stride=args.stride, device=args.device,
+            validation_fraction=args.validation_fraction, split_seed=args.split_seed,
+        )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
 
@@ -121,8 +208,9 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--split-seed", type=int, default=None,
                         help="pydoc/.txt/.jsonl: the seed of training's split (default: training's, 0)")
     parser.add_argument("--text-column", default="text")
-    parser.add_argument("--stride", type=int, default=None, help="sliding-window step (default: n_positions // 2)")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--stride", type=_positive_int, default=None,
+                        help="sliding-window step (default: n_positions // 2)")
+    parser.add_argument("--device", type=_device, default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
     parser.set_defaults(handler=_evaluate)
 
 
@@ -172,11 +260,17 @@ def _add_demo(subparsers) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    if args.stream and args.num_beams > 1:  # refused before the model is loaded
+        raise ValueError(
+            f"--stream prints each token as it is chosen, but beam search (--num-beams {args.num_beams}) only knows "
+            "the best sequence at the end; use one of the two"
+        )
     from .generation import build_generation_config, format_steps, generate_text
     from .loading import load_model, load_tokenizer
 
-    model = load_model(args.model, revision=args.revision)
-    tokenizer = load_tokenizer(args.model, revision=args.revision)
+    with _no_weight_loading_bar():
+        model = load_model(args.model, revision=args.revision)
+        tokenizer = load_tokenizer(args.model, revision=args.revision)
     generation_config = build_generation_config(
         model,
         max_new_tokens=args.max_new_tokens,
@@ -207,16 +301,17 @@ def _add_generate(subparsers) -> None:
     )
     parser.add_argument("model", help="a saved model folder or a Hub repo id")
     parser.add_argument("--prompt", required=True)
-    parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=50)
     parser.add_argument("--temperature", type=float, default=None, help="sample with this temperature (> 0)")
     parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
     parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability >= p")
-    parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (greedy: 1)")
+    parser.add_argument("--num-beams", type=_positive_int, default=1,
+                        help="beam search with this many beams (greedy: 1); not with --stream")
     parser.add_argument("--repetition-penalty", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
-    parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    parser.add_argument("--stream", action="store_true", help="print tokens as they are generated (not with beams)")
     parser.add_argument(
-        "--show-probs", type=int, default=0, metavar="K",
+        "--show-probs", type=_non_negative_int, default=0, metavar="K",
         help="for each generated position, print the K most likely next tokens: softmax of the raw logits",
     )
     parser.add_argument("--revision", default=None, help="Hub revision when MODEL is a repo id")
@@ -292,11 +387,39 @@ SUBCOMMANDS: list[Callable] = [_add_smoke, _add_download_openai, _add_convert_op
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-scratch-gpt", description=__doc__)
+    parser = OneLineErrorParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--debug", action="store_true",
+        help=f"show the full traceback of an error (also: {DEBUG_ENVIRONMENT_VARIABLE}=1)",
+    )  # fmt: skip
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(subparsers)
     return parser
+
+
+def _loaded_classes(names: Sequence[tuple[str, str]]) -> tuple[type[BaseException], ...]:
+    """The classes among (module, class) pairs whose module is loaded; an error can only be of such a class."""
+    return tuple(
+        getattr(sys.modules[module], name)
+        for module, name in names
+        if module in sys.modules and hasattr(sys.modules[module], name)
+    )
+
+
+def describe_error(error: BaseException) -> str:
+    """The error's message on one line (with its cause for a wrapping error, its class for a missing module)."""
+    message = str(error) or type(error).__name__
+    cause = error.__cause__ or error.__context__
+    if isinstance(error, _loaded_classes(WRAPPING_LIBRARY_ERRORS)) and cause is not None:
+        message = f"{message}: {cause}"
+    if isinstance(error, ModuleNotFoundError):  # "No module named 'x'" alone does not say what is wrong
+        message = f"{type(error).__name__}: {message}"
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _debug_requested(args: argparse.Namespace | None) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "") not in ("", "0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,7 +430,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "passes_extra_arguments", False):
         args.training_arguments = extra
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        if _debug_requested(args):
+            raise
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if _debug_requested(args) or not isinstance(error, EXPECTED_ERRORS + _loaded_classes(EXPECTED_LIBRARY_ERRORS)):
+            raise  # a bug (or --debug): the traceback is what is needed
+        print(f"{PROG}: error: {describe_error(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -95,8 +95,47 @@ def generate_samples(model, tokenizer, prompts: tuple[str, ...], max_new_tokens:
     return samples
 
 
+# Command-line flag of each option (for messages); the others are `--` + the name with dashes.
+OPTION_FLAGS = {"tokenizer_vocab_size": "--vocab-size"}
+BYTE_LEVEL_ALPHABET = 257  # 256 byte tokens + <|endoftext|>: the smallest vocabulary the demo's tokenizer can have
+
+
+def _flag(name: str) -> str:
+    return OPTION_FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def check_demo_options(options: DemoOptions) -> None:
+    """Refuse a bad option before any data is loaded or any step is trained (not minutes later, at sampling)."""
+    from .configuration_scratch_gpt import ScratchGPTConfig
+    from .training.components import parse_overrides
+
+    for name in ("max_steps", "batch_size", "eval_steps", "max_new_tokens"):
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{_flag(name)} must be an integer >= 1, got {value!r}")
+    if not options.learning_rate > 0:
+        raise ValueError(f"--learning-rate must be > 0, got {options.learning_rate}")
+    if options.max_minutes is not None and not options.max_minutes >= 0:
+        raise ValueError(f"--max-minutes must be >= 0 (0: no time budget), got {options.max_minutes}")
+    if options.tokenizer_vocab_size < BYTE_LEVEL_ALPHABET:
+        raise ValueError(
+            f"--vocab-size must be at least {BYTE_LEVEL_ALPHABET} (256 byte tokens + <|endoftext|>), "
+            f"got {options.tokenizer_vocab_size}"
+        )
+    config = ScratchGPTConfig.from_preset(options.preset, **parse_overrides(options.config_overrides))
+    # A byte-level BPE never makes more tokens than the text has UTF-8 bytes: a bound known before it is trained.
+    longest_prompt = max((len(prompt.encode("utf-8")) for prompt in options.prompts), default=0)
+    if options.max_new_tokens + longest_prompt > config.n_positions:
+        raise ValueError(
+            f"--max-new-tokens {options.max_new_tokens} plus the longest sample prompt (up to {longest_prompt} "
+            f"tokens) exceeds the model's context n_positions {config.n_positions}; use at most "
+            f"{config.n_positions - longest_prompt}"
+        )
+
+
 def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Train, evaluate, sample; returns the numbers and the paths (the CLI prints them)."""
+    check_demo_options(options)
     from .data import build_lm_datasets
     from .evaluation import evaluate_texts
     from .training.components import DataArguments, ModelArguments, load_and_split

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .modeling_scratch_gpt import IGNORE_INDEX
 
@@ -170,7 +171,8 @@ def evaluate_texts(model, tokenizer, texts: list[str], stride: int | None = None
     """Metrics over several texts, each scored on its own; the totals (not the per-text means) are combined."""
     model.eval()
     totals = ScoreTotals()
-    for text in texts:
+    # A progress bar (stderr) when there are several texts: scoring every pydoc paragraph takes a while on a CPU.
+    for text in tqdm(texts, desc="Scoring", unit="text", disable=len(texts) < 2, leave=False):
         totals = totals + score_text(model, tokenizer, text, stride=stride)
     return totals.metrics()
 
@@ -250,7 +252,11 @@ def evaluate_model(
             raise ValueError("a split (split, validation_fraction, split_seed) applies to a dataset, not to a text file")
         if not Path(text_file).is_file():
             raise FileNotFoundError(f"text file {text_file!r} does not exist")
-        texts, split = [Path(text_file).read_text(encoding="utf-8")], None
+        try:
+            texts = [Path(text_file).read_text(encoding="utf-8")]
+        except UnicodeDecodeError as error:
+            raise ValueError(f"text file {text_file!r} is not UTF-8 text: {error}") from error
+        split = None
         if not texts[0].strip():
             raise ValueError(f"text file {text_file!r} is empty or whitespace-only")
     else:

@@ -242,6 +242,8 @@ def chunked_causal_lm_loss(
 
 def perplexity(loss: float | torch.Tensor) -> float:
     """Perplexity = exp(mean NLL per token, in nats)."""
+    if isinstance(loss, torch.Tensor):
+        loss = loss.detach()  # a loss straight from forward requires grad; float() of it warns
     return math.exp(float(loss))
 
 

@@ -53,9 +53,12 @@ def test_generate_sampling_with_seed_is_reproducible_and_streams(saved_folder, c
     assert capsys.readouterr().out == first
 
 
-def test_generate_reports_a_missing_model_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(["generate", str(tmp_path / "missing"), "--prompt", "x"])
+def test_generate_reports_a_missing_model_clearly(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "missing"), "--prompt", "x"]) == 1  # one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("hf-scratch-gpt: error: ") and "missing" in err and "does not exist" in err
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # the library error, with --debug
+        main(["--debug", "generate", str(tmp_path / "missing"), "--prompt", "x"])
 
 
 def test_card_then_push_dry_run(saved_folder, tmp_path, capsys, monkeypatch):

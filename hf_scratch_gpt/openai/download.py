@@ -3,22 +3,27 @@
 Each file streams into `NAME.part`; it is renamed to `NAME` only once its size equals the size the server
 announced (Content-Length, or the total of Content-Range when resuming). So a file under its final name is always
 complete, and an interrupted download resumes from its `.part` on the next attempt or the next run.
+
+Only failures that another attempt can cure are retried (a cut connection, a timeout, a 5xx). A host name that
+does not resolve or a refused connection (no network, a wrong `--base-url`) is tried once more, in case it was a
+blip, and then reported with its cause.
 """
 
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tqdm.auto import tqdm
-from transformers.utils import logging
 
-logger = logging.get_logger(__name__)
+logger = logging.getLogger(__name__)  # stdlib logging: the CLI's parser imports this module, so it stays light
 
 # OpenAI's public storage; `{size}` and `{file}` are filled in. Any server with the same layout works (tests use
 # one on 127.0.0.1).
@@ -37,6 +42,12 @@ CHUNK_BYTES = 1 << 20
 # Server-side conditions worth another try (with resume); anything else (404, 403, ...) fails at once.
 RETRYABLE_STATUS = (408, 429, 500, 502, 503, 504)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# Causes (URLError.reason) that no number of retries cures: (type, what to tell the user).
+UNREACHABLE_CAUSES = (
+    (socket.gaierror, "the host name could not be resolved (no network, or a wrong --base-url?)"),
+    (ConnectionRefusedError, "the connection was refused (nothing listens there; a wrong --base-url?)"),
+)
+UNREACHABLE_ATTEMPTS = 2  # one retry, in case the resolver or the server was restarting
 
 
 class DownloadError(OSError):
@@ -106,12 +117,15 @@ def _fetch_into_part(url: str, part: Path, timeout: float, progress: bool) -> No
 def download_file(url: str, dest: str | os.PathLike, *, retries: int = 5, timeout: float = 60.0,
                   backoff: float = 1.0, progress: bool = True) -> Path:
     """Download `url` to `dest` (via `dest.part`, resumable). A `dest` that exists is complete and is kept."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0 (0: one attempt, no retry), got {retries!r}")
     dest = Path(dest)
     if dest.exists():
         logger.info(f"{dest} already downloaded")
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    allowed = retries  # retries the latest kind of failure gets (fewer for an unreachable host)
     for attempt in range(retries + 1):
         try:
             _fetch_into_part(url, part, timeout, progress)
@@ -119,20 +133,44 @@ def download_file(url: str, dest: str | os.PathLike, *, retries: int = 5, timeou
             return dest
         except urllib.error.HTTPError as error:
             if error.code not in RETRYABLE_STATUS or attempt == retries:
-                raise DownloadError(f"HTTP {error.code} {error.reason} for {url}") from error
-            problem = f"HTTP {error.code}"
+                raise DownloadError(f"HTTP {error.code} {error.reason} for {url}{_kept(part)}") from error
+            problem, allowed = f"HTTP {error.code}", retries
         except (_IncompleteBody, urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
+            cause = _unreachable_cause(error)
+            allowed = retries if cause is None else min(retries, UNREACHABLE_ATTEMPTS - 1)
+            if cause is not None and attempt >= allowed:
+                reason = getattr(error, "reason", error)
+                raise DownloadError(f"cannot download {url}: {cause} [{reason}]{_kept(part)}") from error
             if attempt == retries:
-                kept = part.stat().st_size if part.exists() else 0
                 raise DownloadError(
-                    f"{url}: download incomplete after {retries + 1} attempts ({type(error).__name__}); "
-                    f"{kept} bytes kept in {part}, run again to resume"
+                    f"{url}: download incomplete after {retries + 1} attempts ({_describe(error)}){_kept(part)}"
                 ) from error
-            problem = type(error).__name__
-        logger.warning(f"{url}: {problem}, retrying ({attempt + 1}/{retries}) from byte "
+            problem = _describe(error)
+        logger.warning(f"{url}: {problem}, retrying ({attempt + 1}/{allowed}) from byte "
                        f"{part.stat().st_size if part.exists() else 0}")
         time.sleep(backoff * 2**attempt)
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable: the loop returns or raises")  # retries >= 0 was checked above
+
+
+def _unreachable_cause(error: BaseException) -> str | None:
+    """What to tell the user when `error` means the server cannot be reached at all (retrying will not help)."""
+    reason = getattr(error, "reason", error)
+    for kind, explanation in UNREACHABLE_CAUSES:
+        if isinstance(reason, kind):
+            return explanation
+    return None
+
+
+def _describe(error: BaseException) -> str:
+    reason = getattr(error, "reason", None)
+    detail = reason if reason is not None else error
+    return f"{type(error).__name__}: {detail}" if str(detail) else type(error).__name__
+
+
+def _kept(part: Path) -> str:
+    """Mention the partial file only when there is one to resume from."""
+    size = part.stat().st_size if part.exists() else 0
+    return f"; {size} bytes kept in {part}, run again to resume" if size else ""
 
 
 def download_openai_checkpoint(size: str, out_dir: str | os.PathLike, *, base_url: str = OPENAI_BASE_URL,

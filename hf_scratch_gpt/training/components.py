@@ -3,15 +3,17 @@ tokenizer / model / dataset construction, atomic checkpoint directories and the 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer, default_data_collator
+from transformers import AutoTokenizer, HfArgumentParser, default_data_collator
 
 from ..configuration_scratch_gpt import PRESETS, ScratchGPTConfig
 from ..data import (
@@ -36,6 +38,8 @@ STAGING_PREFIX = ".incomplete-"  # never matches CHECKPOINT_PATTERN, so a half-w
 class ModelArguments:
     """Which model to train: a preset from scratch, or a saved/converted folder to fine-tune."""
 
+    _argument_group_name = "model (ModelArguments)"  # a section of `--help` (a class attribute, not a flag)
+
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Folder of a saved or converted ScratchGPT to fine-tune. Unset: from scratch."}
     )
@@ -54,6 +58,8 @@ class ModelArguments:
 class DataArguments:
     """Which text, and how it becomes examples."""
 
+    _argument_group_name = "data (DataArguments)"  # a section of `--help` (a class attribute, not a flag)
+
     dataset: str = field(
         default="pydoc",
         metadata={"help": "'pydoc' (embedded corpus), a .txt/.jsonl file, or a Hugging Face dataset name."},
@@ -70,6 +76,40 @@ class DataArguments:
         metadata={"help": "Fine-tune on prompt/completion records: the prompt column (its tokens get label -100)."},
     )
     completion_column: str = field(default="completion")
+
+
+class FlagParser(HfArgumentParser):
+    """`HfArgumentParser` for the command line: a short usage line instead of every flag, and a mistake (an unknown
+    flag, a bad value) raises `ValueError` with one line, which the CLI prints without a traceback."""
+
+    def __init__(self, dataclass_types, prog: str, description: str) -> None:
+        super().__init__(
+            dataclass_types, prog=prog, description=description, usage=f"{prog} [FLAGS] | {prog} ARGS.json",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+
+    def error(self, message: str):
+        raise ValueError(f"{self.prog}: {message} (`{self.prog} --help` lists the flags)")
+
+    def parse_flags(self, argv: Sequence[str]) -> tuple[Any, ...]:
+        """Flags, or a single .json file of them, → one instance per dataclass; refuses any flag it does not know."""
+        argv = list(argv)
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            return self.parse_json_file(json_file=os.path.abspath(argv[0]))
+        *parsed, unknown = self.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return tuple(parsed)
+
+
+def progress_bars_on_main_process_only(is_local_main_process: bool) -> None:
+    """Under torchrun every process runs the data pipeline; only one per machine shows its progress bars."""
+    if not is_local_main_process:
+        import datasets
+        from transformers.utils import logging as transformers_logging
+
+        datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
 
 
 def parse_overrides(text: str | None) -> dict[str, Any]:

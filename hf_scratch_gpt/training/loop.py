@@ -38,13 +38,14 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser, get_scheduler
+from transformers import get_scheduler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..evaluation import score_logits
 from .components import (
     STAGING_PREFIX,
     DataArguments,
+    FlagParser,
     ModelArguments,
     NonFiniteLossError,
     build_datasets,
@@ -54,6 +55,7 @@ from .components import (
     check_training_length,
     load_and_split,
     non_finite_message,
+    progress_bars_on_main_process_only,
     publish_directory,
     remove_stale_staging,
     resolve_resume,
@@ -73,10 +75,13 @@ from .plots import plot_loss_curves
 from .resume import LOOP_STATE_NAME, read_loop_checkpoint, read_loop_state
 
 logger = logging.getLogger(__name__)
+MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
 
 
 @dataclass
 class LoopArguments:
+    _argument_group_name = "loop (LoopArguments)"  # a section of `--help` (a class attribute, not a flag)
+
     output_dir: str = field(metadata={"help": "Where checkpoints, the final model, metrics.json and loss.png go."})
     max_steps: int = field(default=200, metadata={"help": "Optimizer steps."})
     global_batch_size: int = field(
@@ -103,6 +108,21 @@ class LoopArguments:
         metadata={"help": "Shard parameters, gradients and optimizer state over the processes (FSDP2, fully_shard on "
                   "each ScratchGPTBlock). Needs several processes (torchrun / accelerate launch)."},
     )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        # Checked here, before any data is loaded: a 0 would otherwise end in `step % 0` mid-run.
+        for name in ("max_steps", "global_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
+                     "logging_steps", "eval_steps", "save_steps"):  # fmt: skip
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"--{name} must be an integer >= 1, got {value}")
+        for name in ("warmup_steps", "weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ValueError(f"--mixed_precision must be one of {MIXED_PRECISION_CHOICES}, got {self.mixed_precision!r}")
 
 
 def _micro_batches(batch: dict[str, torch.Tensor], count: int) -> list[dict[str, torch.Tensor]]:
@@ -209,6 +229,7 @@ def train_with_accelerate(
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
     )
     set_seed(loop_args.seed)
+    progress_bars_on_main_process_only(accelerator.is_local_main_process)
     output_dir = Path(loop_args.output_dir)
     processes = accelerator.num_processes
     accumulation = loop_args.gradient_accumulation_steps
@@ -370,9 +391,17 @@ def train_with_accelerate(
     return result
 
 
-def parse_loop_arguments(argv: Sequence[str]) -> tuple[ModelArguments, DataArguments, LoopArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, LoopArguments))
-    return parser.parse_args_into_dataclasses(args=list(argv))
+LOOP_HELP = """Train with the explicit Accelerate loop (hf_scratch_gpt/training/loop.py), in one process or under
+torchrun / accelerate launch. The flags are the fields of ModelArguments, DataArguments and LoopArguments (sections
+below); `--output_dir` is required. Trainer's flags (`--eval_strategy`, ...) do not apply here: see
+`hf-scratch-gpt train --help`."""
+
+
+def parse_loop_arguments(
+    argv: Sequence[str], prog: str = "hf-scratch-gpt train --loop accelerate"
+) -> tuple[ModelArguments, DataArguments, LoopArguments]:
+    """Command-line flags (or one .json file) → the three dataclasses. `--help` lists every flag."""
+    return FlagParser((ModelArguments, DataArguments, LoopArguments), prog, LOOP_HELP).parse_flags(argv)
 
 
 def loop_from_argv(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -38,13 +38,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..evaluation import load_metric, score_logits
 from .components import (
     STAGING_PREFIX,
     DataArguments,
+    FlagParser,
     ModelArguments,
     NonFiniteLossError,
     build_datasets,
@@ -54,6 +55,7 @@ from .components import (
     check_training_length,
     load_and_split,
     non_finite_message,
+    progress_bars_on_main_process_only,
     publish_directory,
     remove_stale_staging,
     resolve_resume,
@@ -204,11 +206,15 @@ def train_with_trainer(
         training_args.include_num_input_tokens_seen = "all" if data_args.prompt_column is None else "non_padding"
     # Non-finite losses must reach the check in `training_step`, not be hidden by averaging in the logs.
     training_args.logging_nan_inf_filter = False
+    if training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False  # pinning is for copies to an accelerator; on CPU torch warns
+    progress_bars_on_main_process_only(training_args.local_process_index == 0)
 
     documents = load_and_split(data_args)
     tokenizer = build_tokenizer(model_args, documents["train"], data_args.text_column)
     model = build_model(model_args, tokenizer)
     train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, model, documents)
+    check_one_batch_each(training_args, train_dataset, eval_dataset)
 
     history = LossHistoryCallback()
     trainer = ScratchGPTTrainer(
@@ -261,6 +267,29 @@ def train_with_trainer(
     return result
 
 
+def check_one_batch_each(training_args: TrainingArguments, train_dataset, eval_dataset) -> None:
+    """Before training: each split must fill one batch (a final `evaluate()` always runs). With
+    `dataloader_drop_last`, a validation split smaller than one batch is silently empty, and Trainer fails only
+    after training (`KeyError` for `metric_for_best_model`)."""
+    processes = training_args.world_size
+    for split, dataset, batch_size, flag in (
+        ("train", train_dataset, training_args.per_device_train_batch_size, "per_device_train_batch_size"),
+        ("validation", eval_dataset, training_args.per_device_eval_batch_size, "per_device_eval_batch_size"),
+    ):
+        try:
+            size = len(dataset)
+        except TypeError:  # a streamed dataset: its length is not known up front
+            continue
+        needed = batch_size * processes if training_args.dataloader_drop_last else processes
+        if size < needed:
+            raise ValueError(
+                f"the {split} split has {size} examples, fewer than {needed} "
+                + (f"(one batch: {flag} {batch_size} x {processes} processes, with dataloader_drop_last)"
+                   if training_args.dataloader_drop_last else f"(one per process)")
+                + "; use more text, a larger validation share, a smaller batch size or a smaller block size"
+            )
+
+
 def _history_from_log(log_history: list[dict]) -> list[dict]:
     rows = []
     for entry in log_history:
@@ -277,12 +306,17 @@ def write_json(data: dict, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def parse_train_arguments(argv: Sequence[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Command-line flags (or one .json file) → the three dataclasses, as in run_clm."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=list(argv))
+TRAIN_HELP = """Train with transformers' Trainer (`--loop trainer`, the default): from a preset, or fine-tune a saved
+folder with --model_name_or_path. The flags are the fields of ModelArguments and DataArguments (sections below) and
+of transformers' TrainingArguments (options); `--output_dir` is required. The explicit Accelerate loop has its own
+flags: `hf-scratch-gpt train --loop accelerate --help`."""
+
+
+def parse_train_arguments(
+    argv: Sequence[str], prog: str = "hf-scratch-gpt train"
+) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Command-line flags (or one .json file) → the three dataclasses, as in run_clm. `--help` lists every flag."""
+    return FlagParser((ModelArguments, DataArguments, TrainingArguments), prog, TRAIN_HELP).parse_flags(argv)
 
 
 def train_from_argv(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -156,3 +156,49 @@ def test_complete_files_are_not_fetched_again_and_cli(server, openai_ckpt, tmp_p
     assert len(server.requests) == count
     with pytest.raises(ValueError, match="unknown GPT-2 size '7B'"):
         download_openai_checkpoint("7B", tmp_path)
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens: connecting is refused at once."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/models"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "cause"),
+    [
+        (None, "connection was refused"),
+        ("http://gpt2-checkpoints.invalid/models", "host name could not be resolved"),  # .invalid never resolves
+    ],
+)
+def test_unreachable_server_says_why_and_is_not_retried_again_and_again(base_url, cause, tmp_path, monkeypatch):
+    import hf_scratch_gpt.openai.download as download
+
+    sleeps = []
+    monkeypatch.setattr(download.time, "sleep", sleeps.append)
+    url = f"{base_url or closed_port_url()}/124M/checkpoint"
+    with pytest.raises(DownloadError, match=cause) as error:
+        download_file(url, tmp_path / "checkpoint", retries=5, progress=False)
+    assert len(sleeps) == 1  # one retry (a blip), not five with growing back-off
+    assert ".part" not in str(error.value)  # nothing was received, so there is nothing to resume
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_server_through_the_cli_is_one_line(tmp_path, capsys, monkeypatch):
+    import hf_scratch_gpt.openai.download as download
+
+    monkeypatch.setattr(download.time, "sleep", lambda seconds: None)
+    assert cli_main(["download-openai", "124M", str(tmp_path), "--base-url", closed_port_url()]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hf-scratch-gpt: error: cannot download http://127.0.0.1:") and "\n" not in err
+    assert "refused" in err
+
+
+@pytest.mark.parametrize("retries", [-1, 1.5, True])
+def test_retries_must_be_a_non_negative_integer(retries, tmp_path):
+    with pytest.raises(ValueError, match="retries must be an integer >= 0"):
+        download_file("http://127.0.0.1:9/x", tmp_path / "x", retries=retries, progress=False)
