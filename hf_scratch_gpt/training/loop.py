@@ -110,8 +110,9 @@ class LoopArguments:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        # Checked here, before any data is loaded: a 0 would otherwise end in `step % 0` mid-run.
-        for name in ("max_steps", "global_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
+        # Checked here, before any data is loaded: a 0 would otherwise end in `step % 0` mid-run (max_steps is
+        # checked by check_training_length, as for the Trainer path).
+        for name in ("global_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
                      "logging_steps", "eval_steps", "save_steps"):  # fmt: skip
             value = getattr(self, name)
             if value < 1:
