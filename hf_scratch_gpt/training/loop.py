@@ -46,6 +46,7 @@ from .components import (
     build_datasets,
     build_model,
     build_tokenizer,
+    eval_protocol,
     load_and_split,
     non_finite_message,
     publish_directory,
@@ -243,9 +244,11 @@ def train_with_accelerate(
     accelerator.wait_for_everyone()
     result: dict[str, Any] = {
         "global_step": step,
-        "tokens_seen": tokens_seen,
+        "num_input_tokens_seen": tokens_seen,  # the name Trainer uses for the same count
         "train_loss": next((row["loss"] for row in reversed(history) if "loss" in row), float("nan")),
         **final,
+        "dataset": data_args.dataset,
+        "eval_protocol": eval_protocol(data_args, train_dataset, eval_dataset),
         "processes": processes,
         "resumed_from": resume,
         "model_dir": str(output_dir),
@@ -255,7 +258,10 @@ def train_with_accelerate(
     if accelerator.is_main_process:
         unwrapped.save_pretrained(output_dir, state_dict=state_dict)
         tokenizer.save_pretrained(output_dir)
-        result["plot"] = str(plot_loss_curves(history, output_dir / "loss.png", title="ScratchGPT (Accelerate loop)"))
+        result["plot"] = str(plot_loss_curves(
+            history, output_dir / "loss.png", title="ScratchGPT (Accelerate loop)",
+            validation_label=f"validation loss ({result['eval_protocol']})",
+        ))
         result["metrics_file"] = str(output_dir / "metrics.json")
         record = {**result, "arguments": {**asdict(model_args), **asdict(data_args), **asdict(loop_args)}}
         (output_dir / "metrics.json").write_text(json.dumps({**record, "history": history}, indent=2), encoding="utf-8")

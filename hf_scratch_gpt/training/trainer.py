@@ -14,8 +14,10 @@ What `ScratchGPTTrainer` adds to `Trainer`, and why:
 - Atomic checkpoints. Each checkpoint is written into a staging folder and renamed to `checkpoint-N` when complete,
   so a run killed while saving never leaves a half-written `checkpoint-N` for `resume_from_checkpoint` to pick.
 - Metrics: `preprocess_logits_for_metrics` reduces each batch's logits to per-example NLL sums, scored counts and
-  argmax ids (full logits are never gathered); `compute_metrics` turns them into `perplexity` (token-weighted) and
-  next-token `accuracy` through the package's `evaluate` modules.
+  argmax ids (full logits are never gathered); `compute_metrics` turns them into the token-weighted NLL, `perplexity`
+  and next-token `accuracy` through the package's `evaluate` modules. The token-weighted NLL replaces `Trainer`'s
+  `eval_loss` (a mean of per-batch means, which weighs a short padded batch like a full one), so there is one
+  validation loss and `eval_perplexity == exp(eval_loss)` exactly.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from .components import (
     build_datasets,
     build_model,
     build_tokenizer,
+    eval_protocol,
     load_and_split,
     non_finite_message,
     publish_directory,
@@ -53,6 +56,9 @@ from .components import (
 from .plots import plot_loss_curves
 
 logger = logging.getLogger(__name__)
+
+# compute_metrics' name for Σ NLL / scored tokens; `ScratchGPTTrainer.evaluation_loop` moves it to `eval_loss`.
+TOKEN_WEIGHTED_NLL = "token_weighted_nll"
 
 
 class ScratchGPTTrainer(Trainer):
@@ -77,6 +83,17 @@ class ScratchGPTTrainer(Trainer):
         if not torch.isfinite(loss).all():
             raise NonFiniteLossError(non_finite_message(loss.item(), self.state.global_step + 1, self.args.output_dir))
         return loss
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        output = super().evaluation_loop(
+            dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix=metric_key_prefix
+        )
+        nll = output.metrics.pop(f"{metric_key_prefix}_{TOKEN_WEIGHTED_NLL}", None)
+        if nll is not None:  # one validation loss: the token-weighted one, of which eval_perplexity is the exp
+            output.metrics[f"{metric_key_prefix}_loss"] = nll
+        return output
 
     def _get_output_dir(self, trial) -> str:
         # While a checkpoint is being saved, Trainer writes `<this>/checkpoint-N`: point it at the staging folder.
@@ -142,7 +159,7 @@ def build_compute_metrics():
             predictions=predicted_ids[:, : shifted_labels.shape[1]][mask].tolist(),
             references=shifted_labels[mask].tolist(),
         )
-        return {"perplexity": nll["perplexity"], "nll": nll["loss"], "accuracy": accuracy["accuracy"]}
+        return {"perplexity": nll["perplexity"], TOKEN_WEIGHTED_NLL: nll["loss"], "accuracy": accuracy["accuracy"]}
 
     return compute_metrics
 
@@ -189,18 +206,21 @@ def train_with_trainer(
     eval_metrics = trainer.evaluate()
     trainer.save_model(str(output_dir))  # weights (safetensors), config, model code and tokenizer
 
+    protocol = eval_protocol(data_args, train_dataset, eval_dataset)
     result: dict[str, Any] = {
         "train_loss": train_result.training_loss,
         "global_step": train_result.global_step,
-        "tokens_seen": int(trainer.state.num_input_tokens_seen),
         **eval_metrics,
+        "num_input_tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "dataset": data_args.dataset,
+        "eval_protocol": protocol,
         "resumed_from": resume,
         "model_dir": str(output_dir),
     }
     if trainer.is_world_process_zero():
         # After a resume, the callback only saw the new logs: rebuild the curve from the complete log history.
         records = _history_from_log(trainer.state.log_history) or history.history
-        result["plot"] = str(plot_loss_curves(records, output_dir / "loss.png"))
+        result["plot"] = str(plot_loss_curves(records, output_dir / "loss.png", validation_label=f"validation loss ({protocol})"))
         result["metrics_file"] = str(output_dir / "metrics.json")
         write_json({**result, "history": records}, output_dir / "metrics.json")
     return result
