@@ -122,7 +122,8 @@ def test_plain_auto_tokenizer_on_the_folder_asks_the_trust_question(outcomes):
 
 def test_model_without_trust_remote_code_is_refused(outcomes):
     results, _, _ = outcomes
-    report, _ = results["model, no argument"]
+    report, printed = results["model, no argument"]
+    assert PROMPT_TEXT in printed
     assert report["error"] == "ValueError" and "trust_remote_code=True" in report["message"]
     assert report["imported_custom_code"] is False
 
