@@ -181,8 +181,20 @@ def run_python(body: str, workspace: Path) -> str:
     return run_subprocess([sys.executable, "-c", body], workspace)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The in-process commands use one thread, as the subprocesses do (OMP_NUM_THREADS=1): on a shared 2-core
+    machine a second thread mostly spins, and the tiny models here gain nothing from it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, one_thread):
     """The repository root as a user has it after `make demo`, plus the STAND_INS."""
     root = tmp_path_factory.mktemp("repository")
     for name in LINKED:
