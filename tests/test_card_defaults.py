@@ -87,7 +87,8 @@ def test_flags_override_the_recorded_fields(folder_with_metrics):
 
 
 def test_loop_metrics_and_local_files(tmp_path):
-    (tmp_path / "metrics.json").write_text(json.dumps({"eval_perplexity": 9.0, "arguments": {"dataset": "data/my.jsonl"}}))
+    metrics = {"eval_perplexity": 9.0, "arguments": {"dataset": "data/my.jsonl"}}  # as the Accelerate loop writes
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     fields = card_fields_from_metrics(tmp_path)
     assert fields["training_data"] == "Trained on the local file `my.jsonl` (not published)."
     assert (fields["eval_dataset"], fields["perplexity"], fields["eval_protocol"]) == ("my.jsonl", 9.0, None)

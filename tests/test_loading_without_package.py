@@ -102,7 +102,10 @@ def test_saved_tokenizer_files_are_a_standard_fast_tokenizer(outcomes):
     assert "AutoConfig" in json.loads((folder / "config.json").read_text())["auto_map"]  # what asks the question
 
 
-@pytest.mark.parametrize("case", ["tokenizer files alone", "fast class on the folder", "AutoTokenizer, trust_remote_code=False"])
+NO_QUESTION_CASES = ["tokenizer files alone", "fast class on the folder", "AutoTokenizer, trust_remote_code=False"]
+
+
+@pytest.mark.parametrize("case", NO_QUESTION_CASES)
 def test_tokenizer_loads_without_the_package_without_a_question_and_without_custom_code(outcomes, case):
     results, _, expected_ids = outcomes
     report, printed = results[case]

@@ -35,7 +35,7 @@ SMALL_MODEL = "n_positions=128,n_embd=32,n_layer=2,n_head=2"  # the demo's conte
 
 NOT_RUN = {
     "make test": "this test suite itself",
-    ".venv/bin/python benchmarks/compare_gpt2.py": "benchmark: about 10 minutes on 2 cores; its output is the README's table",
+    ".venv/bin/python benchmarks/compare_gpt2.py": "benchmark: about 10 minutes on 2 cores (the README's table)",
     ".venv/bin/python benchmarks/compare_gpt2.py --device cuda --preset 355M --train-batch 16 --train-seq 1024":
         "needs a CUDA GPU",
     ".venv/bin/python benchmarks/compare_gpt2.py --skip memory convert": "benchmark: several minutes on 2 cores",
@@ -147,7 +147,8 @@ def environment(workspace: Path) -> dict[str, str]:
 def run_subprocess(argv: list[str], workspace: Path) -> str:
     completed = subprocess.run(argv, cwd=workspace, env=environment(workspace), stdin=subprocess.DEVNULL,
                                capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert completed.returncode == 0, f"{shlex.join(argv)} failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-4000:]}"
+    output = f"{completed.stdout[-2000:]}\n{completed.stderr[-4000:]}"
+    assert completed.returncode == 0, f"{shlex.join(argv)} failed:\n{output}"
     return completed.stdout
 
 

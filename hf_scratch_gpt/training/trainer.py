@@ -220,7 +220,8 @@ def train_with_trainer(
     if trainer.is_world_process_zero():
         # After a resume, the callback only saw the new logs: rebuild the curve from the complete log history.
         records = _history_from_log(trainer.state.log_history) or history.history
-        result["plot"] = str(plot_loss_curves(records, output_dir / "loss.png", validation_label=f"validation loss ({protocol})"))
+        label = f"validation loss ({protocol})"
+        result["plot"] = str(plot_loss_curves(records, output_dir / "loss.png", validation_label=label))
         result["metrics_file"] = str(output_dir / "metrics.json")
         write_json({**result, "history": records}, output_dir / "metrics.json")
     return result
