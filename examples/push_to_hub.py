@@ -1,7 +1,9 @@
 """Publish a saved model folder on the Hugging Face Hub: write its model card, then upload it.
 
-    python examples/push_to_hub.py runs/demo/model you/my-scratch-gpt --license apache-2.0 \
-        --dataset wikitext --perplexity 41.2 --eval-dataset wikitext --dry-run
+    python examples/push_to_hub.py runs/demo you/my-scratch-gpt --license apache-2.0 --dry-run
+
+The card's training data and perplexity default to what MODEL_DIR/metrics.json records (see
+`hf_scratch_gpt.hub.card_fields_from_metrics`); --dataset / --perplexity with --eval-dataset override them.
 
 Steps:
 1. `write_model_card` renders `model_cards/<kind>.md` into MODEL_DIR/README.md (license, tags, datasets,

@@ -215,7 +215,7 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoOptions, run_demo
+    from .demo import DemoOptions, run_demo, summary_lines
 
     options = DemoOptions(
         output_dir=args.output_dir, dataset=args.dataset, preset=args.preset, config_overrides=args.config_overrides,
@@ -223,17 +223,7 @@ def _demo(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate, eval_steps=args.eval_steps, max_minutes=args.max_minutes or None,
         seed=args.seed, max_new_tokens=args.max_new_tokens,
     )  # fmt: skip
-    result = run_demo(options)
-    validation = result["validation"]
-    print(f"parameters: {result['parameters']:,}  steps: {result['trained_steps']}  "
-          f"tokens seen: {result['tokens_seen']:,}  time: {result['seconds']} s")  # fmt: skip
-    print(f"validation perplexity: {validation['perplexity']:.2f}  (unigram baseline: "
-          f"{result['unigram_baseline_perplexity']:.2f})")  # fmt: skip
-    print(f"validation bits per byte: {validation['bits_per_byte']:.3f}  "
-          f"next-token accuracy: {validation['accuracy']:.3f}  over {validation['tokens']:,} tokens")  # fmt: skip
-    for sample in result["samples"]:
-        print(f"--- sample ({sample['strategy']}):\n{sample['text']}")
-    print(f"model folder: {result['model_dir']}\nloss plot: {result['plot']}\nmetrics: {result['metrics_file']}")
+    print("\n".join(summary_lines(run_demo(options))))
     return 0
 
 

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 # small (~20 passes over it in the default run), so dropout 0.2 keeps the model from memorising it.
 DEMO_CONFIG_OVERRIDES = "n_positions=128,n_embd=128,n_layer=4,n_head=4,resid_pdrop=0.2,embd_pdrop=0.2,attn_pdrop=0.2"
 DEMO_PROMPTS = ("The", "def")
+# The demo measures validation perplexity in two ways; both are printed and stored, each with its protocol.
+PER_DOCUMENT_PROTOCOL = "each held-out document scored alone, after <|endoftext|> (as `hf-scratch-gpt evaluate`)"
+VALIDATION_FILE = "validation.jsonl"  # the held-out documents, so `evaluate --dataset` reproduces the number
 
 
 @dataclass
@@ -180,6 +183,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     model = AutoModelForCausalLM.from_pretrained(output_dir, use_safetensors=True)
     documents = load_and_split(data_args)  # the same deterministic split the training used
+    documents["validation"].to_json(output_dir / VALIDATION_FILE, lines=True, force_ascii=False)
     held_out = evaluate_texts(model, tokenizer, documents["validation"]["text"])
     token_ids = build_lm_datasets(documents, tokenizer, block_size=2)  # every token, no remainder to speak of
     baseline = unigram_perplexity(
@@ -187,11 +191,19 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     )
     samples = generate_samples(model, tokenizer, options.prompts, options.max_new_tokens, options.seed)
     result = {
-        "validation": held_out,
+        # Two protocols, two numbers: per document (what a user's `evaluate` gives) and Trainer's blocks (the plot).
+        "validation_per_document": {**held_out, "protocol": PER_DOCUMENT_PROTOCOL},
+        "validation_blocks": {
+            "loss": trained["eval_loss"],
+            "perplexity": trained["eval_perplexity"],
+            "accuracy": trained["eval_accuracy"],
+            "protocol": f"{trained['eval_protocol']} (Trainer's eval_perplexity; the loss plot's validation curve)",
+        },
+        "validation_file": str(output_dir / VALIDATION_FILE),
         "unigram_baseline_perplexity": baseline,
         "trained_steps": trained["global_step"],
         "stopped_by_time_budget": bool(callbacks and callbacks[0].stopped_at is not None),
-        "tokens_seen": trained["tokens_seen"],
+        "num_input_tokens_seen": trained["num_input_tokens_seen"],
         "parameters": model.num_parameters(),
         "samples": samples,
         "model_dir": str(output_dir),
@@ -203,3 +215,22 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     recorded = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
     write_json({**recorded, "demo": result}, metrics_file)
     return result
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """What `hf-scratch-gpt demo` prints at the end: both validation perplexities, each with its protocol."""
+    per_document, blocks = result["validation_per_document"], result["validation_blocks"]
+    lines = [
+        f"parameters: {result['parameters']:,}  steps: {result['trained_steps']}  "
+        f"tokens seen: {result['num_input_tokens_seen']:,}  time: {result['seconds']} s",
+        f"validation perplexity: {per_document['perplexity']:.2f}  ({per_document['protocol']}; "
+        f"unigram baseline: {result['unigram_baseline_perplexity']:.2f})",
+        f"validation perplexity: {blocks['perplexity']:.2f}  ({blocks['protocol']})",
+        f"per document: bits per byte {per_document['bits_per_byte']:.3f}, next-token accuracy "
+        f"{per_document['accuracy']:.3f}, over {per_document['tokens']:,} tokens",
+    ]
+    for sample in result["samples"]:
+        lines.append(f"--- sample ({sample['strategy']}):\n{sample['text']}")
+    lines.append(f"model folder: {result['model_dir']}\nloss plot: {result['plot']}\nmetrics: {result['metrics_file']}")
+    lines.append(f"held-out documents: {result['validation_file']}")
+    return lines

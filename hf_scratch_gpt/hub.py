@@ -32,6 +32,14 @@ CARD_TEMPLATES: dict[str, str] = {
 KINDS_WITH_BASE_MODEL = ("fine_tuned",)
 REQUIRED_TAGS = ("text-generation", "gpt2", "custom_code")
 CARD_NAME = "README.md"
+# Written by `train`, the Accelerate loop and `demo` into the model folder; `write_model_card` reads its defaults there.
+METRICS_FILE = "metrics.json"
+# Training sources that are not Hub datasets: described in the card's text instead of `datasets` metadata (which
+# the Hub links to huggingface.co/datasets/<id>).
+LOCAL_DATASETS = {"pydoc": "the Python documentation embedded in CPython (`pydoc_data.topics`)"}
+LOCAL_FILE_SUFFIXES = (".txt", ".json", ".jsonl")
+# The fields that describe one measurement; a caller giving `perplexity` replaces all of them.
+MEASUREMENT_FIELDS = ("perplexity", "eval_dataset", "eval_dataset_name", "eval_split", "eval_protocol")
 
 # What a pushed folder holds besides weights: code, config, tokenizer, card.
 CODE_FILES = ("configuration_scratch_gpt.py", "modeling_scratch_gpt.py")
@@ -114,6 +122,8 @@ def render_model_card(
         "eval_split": eval_split,
         "description": None,
         "training_details": None,
+        "training_data": None,  # markdown for a source that is not a Hub dataset
+        "eval_protocol": None,  # how the perplexity was measured, in words
         **template_fields,
     }
     return ModelCard.from_template(card_data, template_path=str(template), **fields)
@@ -143,9 +153,62 @@ def _numel(shape: tuple[int, ...]) -> int:
     return count
 
 
+def card_fields_from_metrics(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """Card fields recorded in the folder's `metrics.json`: the training data and the measured validation
+    perplexity with the data and protocol it was measured with. `{}` when the folder has no metrics.json.
+
+    A `demo` folder holds two perplexities; the card takes the per-document one (what `hf-scratch-gpt evaluate`
+    reproduces), a `train` folder its `eval_perplexity`.
+    """
+    path = Path(model_dir) / METRICS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    source = metrics.get("dataset") or metrics.get("arguments", {}).get("dataset")
+    if not source:
+        return {}
+    if source in LOCAL_DATASETS:
+        fields: dict[str, Any] = {"training_data": f"Trained on {LOCAL_DATASETS[source]}.", "eval_dataset": source}
+    elif Path(source).suffix.lower() in LOCAL_FILE_SUFFIXES or source.startswith((".", "/", "~")):
+        name = Path(source).name
+        fields = {"training_data": f"Trained on the local file `{name}` (not published).", "eval_dataset": name}
+    else:
+        fields = {"datasets": [source], "eval_dataset": source}
+    per_document = metrics.get("demo", {}).get("validation_per_document")
+    if per_document:
+        perplexity, protocol = per_document["perplexity"], per_document.get("protocol")
+    elif "eval_perplexity" in metrics:
+        perplexity, protocol = metrics["eval_perplexity"], metrics.get("eval_protocol")
+    else:
+        return fields
+    fields.update(
+        perplexity=perplexity,
+        eval_dataset_name=f"{fields['eval_dataset']} (held-out documents)",
+        eval_split="validation",
+        eval_protocol=f"held-out documents of the training source; {protocol}" if protocol else None,
+    )
+    return fields
+
+
 def write_model_card(model_dir: str | os.PathLike, kind: str, **card_fields: Any) -> Path:
-    """Render a card for the saved model in `model_dir` (sizes read from it) and write it as `README.md`."""
-    card = render_model_card(kind, **{**model_facts(model_dir), **card_fields})
+    """Render a card for the saved model in `model_dir` (sizes read from it) and write it as `README.md`.
+
+    Fields left out (or None) default to what the folder's `metrics.json` records (`card_fields_from_metrics`):
+    the training data, and the measured perplexity with its data and protocol. Given fields override them; giving
+    `datasets` replaces the recorded training data, giving `perplexity` the whole recorded measurement.
+    """
+    given = {key: value for key, value in card_fields.items() if value is not None}
+    defaults = card_fields_from_metrics(model_dir)
+    if "datasets" in given:
+        defaults.pop("training_data", None)
+    if "perplexity" in given:
+        defaults = {key: value for key, value in defaults.items() if key not in MEASUREMENT_FIELDS}
+    if defaults:
+        logger.info("model card fields from %s: %s", Path(model_dir) / METRICS_FILE, sorted(defaults))
+    card = render_model_card(kind, **{**model_facts(model_dir), **defaults, **given})
     validate_model_card(card, kind=kind)
     path = Path(model_dir) / CARD_NAME
     card.save(path)
@@ -275,6 +338,7 @@ __all__ = [
     "CARD_TEMPLATES",
     "MODEL_CARDS_DIR",
     "PushPlan",
+    "card_fields_from_metrics",
     "model_facts",
     "plan_upload",
     "push_to_hub",

@@ -42,6 +42,9 @@ def test_two_processes_equal_one_process(tmp_path, corpus_file):
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
+    # The README's condition for this equality: dropout off (see test_split_invariance_needs_dropout_off).
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["resid_pdrop"] == config["embd_pdrop"] == config["attn_pdrop"] == 0.0
     torch.testing.assert_close(torch.tensor(history(tmp_path / "two", "loss")), torch.tensor(history(tmp_path / "one", "loss")), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.tensor(history(tmp_path / "two", "eval_loss")), torch.tensor(history(tmp_path / "one", "eval_loss")), rtol=1e-5, atol=1e-5)
     assert history(tmp_path / "one", "loss")[-1] < history(tmp_path / "one", "loss")[0]
@@ -88,3 +91,19 @@ def test_a_loop_that_would_train_no_step_is_refused(tmp_path, corpus_file, max_s
     with pytest.raises(ValueError, match=rf"max_steps must be >= 1, got {max_steps}"):
         run_in_process(tmp_path, corpus_file, max_steps=max_steps)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_split_invariance_needs_dropout_off(tmp_path, corpus_file):
+    """What the README states: splitting the global batch (here into 2 accumulation steps, as 2 processes would)
+    leaves the loss curve unchanged with dropout off; with dropout on the masks differ, and so do the losses."""
+    dropout_on = SMALL.replace("pdrop=0.0", "pdrop=0.1")
+    assert dropout_on != SMALL
+    curves = {}
+    for name, overrides in {"off": SMALL, "on": dropout_on}.items():
+        for accumulation in (1, 2):
+            run_in_process(tmp_path / f"{name}{accumulation}", corpus_file, max_steps="2", config_overrides=overrides,
+                           gradient_accumulation_steps=str(accumulation))  # fmt: skip
+            curves[name, accumulation] = torch.tensor(history(tmp_path / f"{name}{accumulation}", "loss"))
+    torch.testing.assert_close(curves["off", 2], curves["off", 1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(curves["on", 2], curves["on", 1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(curves["on", 2], curves["on", 1], rtol=0.01, atol=0.01)  # only slightly

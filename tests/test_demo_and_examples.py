@@ -38,7 +38,7 @@ def test_demo_end_to_end_small(demo_run):
     demo = json.loads((out / "metrics.json").read_text())["demo"]
     assert demo["trained_steps"] == 40
     # At this toy size (80 steps of a 32-wide model) it beats a uniform guess; the full demo beats the unigram baseline.
-    assert demo["validation"]["perplexity"] < 0.6 * 400
+    assert demo["validation_per_document"]["perplexity"] < 0.6 * 400
     assert 1 < demo["unigram_baseline_perplexity"] < 400
     assert (out / "loss.png").stat().st_size > 1000
 

@@ -2,6 +2,7 @@
 reaches the same final loss, half-written checkpoints are never picked, NaN stops the run."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,11 +14,13 @@ import pytest
 import torch
 from datasets import Dataset
 from helpers import SMALL
-from transformers import TrainerCallback, TrainingArguments
+from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
 
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, causal_lm_loss
 from hf_scratch_gpt.data import CompletionCollator
-from hf_scratch_gpt.training.components import DataArguments, ModelArguments, NonFiniteLossError, last_checkpoint
+from hf_scratch_gpt.training.components import (
+    DataArguments, ModelArguments, NonFiniteLossError, build_datasets, last_checkpoint, load_and_split,
+)
 from hf_scratch_gpt.training.trainer import ScratchGPTTrainer, train_with_trainer
 
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -39,7 +42,7 @@ def test_a_few_trainer_steps_lower_the_loss_and_write_outputs(tmp_path, corpus_f
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     losses = [row["loss"] for row in metrics["history"] if "loss" in row]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3
-    assert result["eval_perplexity"] == pytest.approx(torch.tensor(result["eval_nll"]).exp().item(), rel=1e-6)
+    assert result["eval_perplexity"] == math.exp(result["eval_loss"])  # one validation loss, exactly
     assert 0.0 <= result["eval_accuracy"] <= 1.0
     assert (tmp_path / "loss.png").stat().st_size > 1000
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,10 +52,23 @@ def test_a_few_trainer_steps_lower_the_loss_and_write_outputs(tmp_path, corpus_f
     assert isinstance(model, ScratchGPTForCausalLM) and len(tokenizer) == model.config.vocab_size == 300
 
 
-def test_trainer_eval_loss_equals_eval_nll_token_weighted(tmp_path, corpus_file):
-    """eval_loss (Trainer's mean of batch means, full blocks) and eval_nll (token-weighted) agree on equal blocks."""
+def test_trainer_eval_loss_is_the_token_weighted_nll(tmp_path, corpus_file):
+    """eval_loss is Σ NLL / scored tokens over the validation blocks (not Trainer's mean of per-batch means), and
+    metrics.json has one key per quantity."""
     result = train_with_trainer(*small_run_args(tmp_path, corpus_file, max_steps=2, save_strategy="no"))
-    assert result["eval_nll"] == pytest.approx(result["eval_loss"], rel=1e-5)
+    from hf_scratch_gpt.evaluation import score_logits
+
+    model = ScratchGPTForCausalLM.from_pretrained(tmp_path).eval()
+    data_args = DataArguments(dataset=str(corpus_file), validation_fraction=0.1)
+    _, validation, _ = build_datasets(data_args, AutoTokenizer.from_pretrained(tmp_path), model, load_and_split(data_args))
+    blocks = torch.tensor(validation["input_ids"])  # the run's own validation blocks
+    with torch.no_grad():
+        nll, counts, _ = score_logits(model(blocks).logits.double(), blocks)
+    assert result["eval_loss"] == pytest.approx((nll.sum() / counts.sum()).item(), rel=1e-6)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert not {"eval_nll", "tokens_seen", "eval_token_weighted_nll"} & set(metrics)
+    assert metrics["num_input_tokens_seen"] == 2 * 4 * 32
+    assert metrics["eval_protocol"] == "32-token blocks across document boundaries"
 
 
 def variable_length_pairs(n=16, vocab=97, seed=0):

@@ -195,6 +195,14 @@ def build_datasets(data_args: DataArguments, tokenizer, model, documents) -> tup
     return pairs["train"], pairs["validation"], CompletionCollator(pad_token_id=pad_id)
 
 
+def eval_protocol(data_args: DataArguments, train_dataset, eval_dataset) -> str:
+    """How `eval_loss`/`eval_perplexity` were measured, in words (for metrics.json, the plot and model cards)."""
+    if data_args.prompt_column is not None:
+        return "completion tokens of held-out prompt/completion pairs"
+    block_size = len(eval_dataset[0]["input_ids"]) if len(eval_dataset) else len(train_dataset[0]["input_ids"])
+    return f"{block_size}-token blocks across document boundaries"
+
+
 def load_and_split(data_args: DataArguments):
     # For prompt/completion records the prompt column is the one that must exist and hold text.
     column = data_args.prompt_column or data_args.text_column

@@ -53,6 +53,7 @@ from .components import (
     build_tokenizer,
     check_resume_step,
     check_training_length,
+    eval_protocol,
     load_and_split,
     non_finite_message,
     progress_bars_on_main_process_only,
@@ -362,9 +363,11 @@ def train_with_accelerate(
     accelerator.wait_for_everyone()
     result: dict[str, Any] = {
         "global_step": step,
-        "tokens_seen": tokens_seen,
+        "num_input_tokens_seen": tokens_seen,  # the name Trainer uses for the same count
         "train_loss": next((row["loss"] for row in reversed(history) if "loss" in row), float("nan")),
         **final,
+        "dataset": data_args.dataset,
+        "eval_protocol": eval_protocol(data_args, train_dataset, eval_dataset),
         "processes": processes,
         "fsdp": fsdp_options is not None,
         "resumed_from": resume,
@@ -382,7 +385,8 @@ def train_with_accelerate(
         staging = start_final_save(output_dir)
         unwrapped.save_pretrained(staging, state_dict=state_dict)
         tokenizer.save_pretrained(staging)
-        plot_loss_curves(history, staging / "loss.png", title="ScratchGPT (Accelerate loop)")
+        plot_loss_curves(history, staging / "loss.png", title="ScratchGPT (Accelerate loop)",
+                         validation_label=f"validation loss ({result['eval_protocol']})")  # fmt: skip
         result["plot"] = str(output_dir / "loss.png")
         result["metrics_file"] = str(output_dir / "metrics.json")
         record = {**result, "arguments": {**asdict(model_args), **asdict(data_args), **asdict(loop_args)}}

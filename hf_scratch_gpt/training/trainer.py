@@ -20,8 +20,10 @@ What `ScratchGPTTrainer` adds to `Trainer`, and why:
 - Atomic final save. The final model, tokenizer, `metrics.json` and `loss.png` are staged and moved into `output_dir`
   only when complete (`training/final_save.py`).
 - Metrics: `preprocess_logits_for_metrics` reduces each batch's logits to per-example NLL sums, scored counts and
-  argmax ids (full logits are never gathered); `compute_metrics` turns them into `perplexity` (token-weighted) and
-  next-token `accuracy` through the package's `evaluate` modules.
+  argmax ids (full logits are never gathered); `compute_metrics` turns them into the token-weighted NLL, `perplexity`
+  and next-token `accuracy` through the package's `evaluate` modules. The token-weighted NLL replaces `Trainer`'s
+  `eval_loss` (a mean of per-batch means, which weighs a short padded batch like a full one), so there is one
+  validation loss and `eval_perplexity == exp(eval_loss)` exactly.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from .components import (
     build_tokenizer,
     check_resume_step,
     check_training_length,
+    eval_protocol,
     load_and_split,
     non_finite_message,
     progress_bars_on_main_process_only,
@@ -65,6 +68,9 @@ from .plots import plot_loss_curves
 from .resume import check_trainer_checkpoint
 
 logger = logging.getLogger(__name__)
+
+# compute_metrics' name for Σ NLL / scored tokens; `ScratchGPTTrainer.evaluation_loop` moves it to `eval_loss`.
+TOKEN_WEIGHTED_NLL = "token_weighted_nll"
 
 
 class ScratchGPTTrainer(Trainer):
@@ -118,6 +124,17 @@ class ScratchGPTTrainer(Trainer):
                 self.args.world_size, self.args.process_index,
             )  # fmt: skip
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        output = super().evaluation_loop(
+            dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix=metric_key_prefix
+        )
+        nll = output.metrics.pop(f"{metric_key_prefix}_{TOKEN_WEIGHTED_NLL}", None)
+        if nll is not None:  # one validation loss: the token-weighted one, of which eval_perplexity is the exp
+            output.metrics[f"{metric_key_prefix}_loss"] = nll
+        return output
 
     def _get_output_dir(self, trial) -> str:
         # While a checkpoint is being saved, Trainer writes `<this>/checkpoint-N`: point it at the staging folder.
@@ -183,7 +200,7 @@ def build_compute_metrics():
             predictions=predicted_ids[:, : shifted_labels.shape[1]][mask].tolist(),
             references=shifted_labels[mask].tolist(),
         )
-        return {"perplexity": nll["perplexity"], "nll": nll["loss"], "accuracy": accuracy["accuracy"]}
+        return {"perplexity": nll["perplexity"], TOKEN_WEIGHTED_NLL: nll["loss"], "accuracy": accuracy["accuracy"]}
 
     return compute_metrics
 
@@ -244,19 +261,23 @@ def train_with_trainer(
     trainer.save_model(str(staging), _internal_call=True)
 
     trained_now = train_result.global_step - trainer._initial_global_step  # steps run by this call
+    protocol = eval_protocol(data_args, train_dataset, eval_dataset)
     result: dict[str, Any] = {
         # Trainer reports 0.0 when a resumed run had nothing left to train; there is no loss to report then.
         "train_loss": train_result.training_loss if trained_now else None,
         "global_step": train_result.global_step,
-        "tokens_seen": int(trainer.state.num_input_tokens_seen),
         **eval_metrics,
+        "num_input_tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "dataset": data_args.dataset,
+        "eval_protocol": protocol,
         "resumed_from": resume,
         "model_dir": str(output_dir),
     }
     if trainer.is_world_process_zero():
         # After a resume, the callback only saw the new logs: rebuild the curve from the complete log history.
         records = _history_from_log(trainer.state.log_history) or history.history
-        plot_loss_curves(records, staging / "loss.png")
+        label = f"validation loss ({protocol})"
+        plot_loss_curves(records, staging / "loss.png", validation_label=label)
         result["plot"] = str(output_dir / "loss.png")
         result["metrics_file"] = str(output_dir / "metrics.json")
         write_json({**result, "history": records}, staging / "metrics.json")

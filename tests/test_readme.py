@@ -1,0 +1,273 @@
+"""Every fenced ```bash and ```python block of README.md, run the way a user runs it: from the repository root,
+after `make demo` (issue 13.1: the README's commands used a `runs/demo/model` folder the demo never writes).
+
+The stand-in for the repository root is a temporary folder with README.md, examples/ and benchmarks/ linked in,
+where `runs/demo` comes from a small `hf-scratch-gpt demo` run (the substitution for `make demo` below). Commands
+and snippets run verbatim, except:
+- NOT_RUN: what needs the network or a GPU, or is this test suite itself, each with the reason;
+- REDUCED: long runs, replaced by the same command with fewer steps or a smaller model;
+- PYTHON_SUBSTITUTIONS: the Hub repo id in Python snippets, replaced by a local folder holding what a push uploads;
+- STAND_INS: inputs a skipped step would have produced (the downloaded OpenAI checkpoint, a GPT-2 folder).
+Each table entry must appear in the README: a stale entry fails `test_tables_match_the_readme`, so neither the
+README nor the tables can drift unnoticed. A command this file does not know how to run fails.
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import GPT2_SHAPES, random_gpt2
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+LINKED = ("README.md", "examples", "benchmarks")  # what README commands read from the repository root
+
+# A model small enough that the README's training commands finish in seconds (2 layers, 32 wide).
+SMALL_MODEL = "n_positions=128,n_embd=32,n_layer=2,n_head=2"  # the demo's context
+
+NOT_RUN = {
+    "make test": "this test suite itself",
+    ".venv/bin/python benchmarks/compare_gpt2.py": "benchmark: about 10 minutes on 2 cores (the README's table)",
+    ".venv/bin/python benchmarks/compare_gpt2.py --device cuda --preset 355M --train-batch 16 --train-seq 1024":
+        "needs a CUDA GPU",
+    ".venv/bin/python benchmarks/compare_gpt2.py --skip memory convert": "benchmark: several minutes on 2 cores",
+    "hf-scratch-gpt push runs/demo you/my-gpt --private": "network: uploads to the Hugging Face Hub",
+    "hf-scratch-gpt download-openai 124M gpt2-124M-tf": "network: downloads OpenAI's checkpoint (STAND_INS has one)",
+}
+
+# README command → what runs instead (the same program and arguments, with fewer steps / a smaller model).
+REDUCED = {
+    # The Makefile's demo target runs `hf-scratch-gpt demo $(ARGS)` (checked in test_make_demo_is_the_demo_command).
+    "make demo":
+        f"hf-scratch-gpt demo --max-steps 4 --eval-steps 4 --batch-size 4 --vocab-size 300 --max-new-tokens 4 "
+        f"--max-minutes 0 --config-overrides {SMALL_MODEL}",
+    "hf-scratch-gpt train --output_dir runs/x --preset tiny --config_overrides n_embd=128,n_layer=4 --dataset pydoc "
+    "--max_steps 500 --eval_strategy steps --eval_steps 100 --gradient_accumulation_steps 4":
+        f"hf-scratch-gpt train --output_dir runs/x --preset tiny --config_overrides {SMALL_MODEL} --dataset pydoc "
+        "--max_steps 2 --eval_strategy steps --eval_steps 2 --gradient_accumulation_steps 2 "
+        "--tokenizer_vocab_size 300 --per_device_eval_batch_size 64",
+    "hf-scratch-gpt train --model_name_or_path runs/x --dataset examples/pairs.jsonl --prompt_column prompt "
+    "--output_dir runs/ft":
+        "hf-scratch-gpt train --model_name_or_path runs/x --dataset examples/pairs.jsonl --prompt_column prompt "
+        "--output_dir runs/ft --max_steps 2",
+    "hf-scratch-gpt train --loop accelerate --output_dir runs/loop --global_batch_size 16 --max_steps 200":
+        f"hf-scratch-gpt train --loop accelerate --output_dir runs/loop --global_batch_size 16 --max_steps 2 "
+        f"--config_overrides {SMALL_MODEL} --tokenizer_vocab_size 300 --disable_tqdm true",
+    "torchrun --nproc_per_node 2 -m hf_scratch_gpt.cli train --loop accelerate --output_dir runs/loop2":
+        f"torchrun --nproc_per_node 2 -m hf_scratch_gpt.cli train --loop accelerate --output_dir runs/loop2 "
+        f"--max_steps 2 --config_overrides {SMALL_MODEL} --tokenizer_vocab_size 300 --disable_tqdm true",
+    "hf-scratch-gpt generate runs/demo --prompt \"The meaning of life is\" --max-new-tokens 40":
+        "hf-scratch-gpt generate runs/demo --prompt \"The meaning of life is\" --max-new-tokens 8",
+}
+
+# In Python snippets: the Hub repo id → a local folder with exactly the files `push` uploads (made below).
+PYTHON_SUBSTITUTIONS = {'"you/my-gpt"': '"hub/you/my-gpt"'}
+STAND_INS = {
+    "path/to/gpt2-folder": "a random GPT2LMHeadModel saved in transformers format",
+    "gpt2-124M-tf": "a tiny checkpoint in OpenAI's exact TF layout (tests/openai/openai_checkpoints.py)",
+    "hub/you/my-gpt": "the files `push` would upload from runs/demo, with a model card",
+}
+
+
+# ------------------------------------------------------------------------------------------------- reading README
+def readme_blocks() -> list[tuple[str, int, str]]:
+    """(language, line number, body) of every fenced block of README.md, in order."""
+    text = README.read_text(encoding="utf-8")
+    blocks = []
+    for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, flags=re.M | re.S):
+        line = text.count("\n", 0, match.start()) + 1
+        blocks.append((match.group(1), line, match.group(2)))
+    return blocks
+
+
+def shell_commands(body: str) -> list[str]:
+    """The commands of a bash block: continuation lines joined, comments dropped, normalised by shlex."""
+    commands = []
+    for line in body.replace("\\\n", " ").splitlines():
+        argv = shlex.split(line, comments=True)
+        if argv:
+            commands.append(shlex.join(argv))
+    return commands
+
+
+def key(command: str) -> str:
+    return shlex.join(shlex.split(command))
+
+
+BLOCKS = readme_blocks()
+RUN_BY_THE_WORKSPACE = {"make demo"}  # the workspace fixture runs it first (every other command needs runs/demo)
+NOT_RUN = {key(command): reason for command, reason in NOT_RUN.items()}
+REDUCED = {key(command): replacement for command, replacement in REDUCED.items()}
+
+
+def test_readme_has_only_bash_and_python_blocks():
+    assert {language for language, _, _ in BLOCKS} <= {"bash", "python"}, "add a runner for the new block kind"
+
+
+def test_tables_match_the_readme():
+    commands = {command for language, _, body in BLOCKS if language == "bash" for command in shell_commands(body)}
+    assert not set(NOT_RUN) - commands, f"NOT_RUN lists commands the README no longer has: {set(NOT_RUN) - commands}"
+    assert not set(REDUCED) - commands, f"REDUCED lists commands the README no longer has: {set(REDUCED) - commands}"
+    python = "\n".join(body for language, _, body in BLOCKS if language == "python")
+    assert all(old in python for old in PYTHON_SUBSTITUTIONS), "a Python substitution no longer matches the README"
+    readme = README.read_text(encoding="utf-8")
+    assert all(path.split("/")[-1] in readme for path in STAND_INS)
+
+
+def test_make_demo_is_the_demo_command():
+    """REDUCED replaces `make demo` by `hf-scratch-gpt demo ...`: that is what the Makefile runs."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipe = re.search(r"^demo:.*\n\t(.*)$", makefile, flags=re.M).group(1)
+    assert recipe == "$(VENV)/bin/hf-scratch-gpt demo $(ARGS)"
+
+
+# ---------------------------------------------------------------------------------------------------- running them
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def environment(workspace: Path) -> dict[str, str]:
+    return {
+        **os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+        "HF_MODULES_CACHE": str(workspace / ".modules"), "OMP_NUM_THREADS": "1",
+        "PET_MASTER_PORT": str(free_port()),  # torchrun's --master-port, so parallel test runs do not collide
+    }  # fmt: skip
+
+
+def run_subprocess(argv: list[str], workspace: Path) -> str:
+    completed = subprocess.run(argv, cwd=workspace, env=environment(workspace), stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True, timeout=600)  # fmt: skip
+    output = f"{completed.stdout[-2000:]}\n{completed.stderr[-4000:]}"
+    assert completed.returncode == 0, f"{shlex.join(argv)} failed:\n{output}"
+    return completed.stdout
+
+
+OUTPUTS: dict[str, str] = {}  # README command → what the CLI printed (read by the tests after the block tests)
+
+
+def run_command(command: str, workspace: Path, monkeypatch, capsys=None) -> None:
+    """One README shell command, as its program runs it (the CLI in this process: the same `main` the console
+    script calls, minus the interpreter start)."""
+    command = REDUCED.get(key(command), command)
+    argv = shlex.split(command)
+    program, args = argv[0], argv[1:]
+    if program == "hf-scratch-gpt":
+        from hf_scratch_gpt.cli import main
+
+        monkeypatch.chdir(workspace)
+        assert main(args) == 0, command
+        if capsys is not None:
+            OUTPUTS[key(command)] = capsys.readouterr().out
+    elif program in ("python", ".venv/bin/python"):
+        run_subprocess([sys.executable, *args], workspace)
+    elif program == "torchrun":
+        run_subprocess([sys.executable, "-m", "torch.distributed.run", *args], workspace)
+    else:
+        pytest.fail(f"README command {command!r}: no runner for {program!r}; run it, or list it in NOT_RUN/REDUCED")
+
+
+def run_python(body: str, workspace: Path) -> str:
+    for old, new in PYTHON_SUBSTITUTIONS.items():
+        body = body.replace(old, new)
+    return run_subprocess([sys.executable, "-c", body], workspace)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The in-process commands use one thread, as the subprocesses do (OMP_NUM_THREADS=1): on a shared 2-core
+    machine a second thread mostly spins, and the tiny models here gain nothing from it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, one_thread):
+    """The repository root as a user has it after `make demo`, plus the STAND_INS."""
+    root = tmp_path_factory.mktemp("repository")
+    for name in LINKED:
+        (root / name).symlink_to(ROOT / name)
+    random_gpt2(**GPT2_SHAPES[sorted(GPT2_SHAPES)[0]]).save_pretrained(root / "path" / "to" / "gpt2-folder")
+    try:
+        sys.path.insert(0, str(ROOT / "tests" / "openai"))
+        from openai_checkpoints import write_openai_checkpoint  # imports TensorFlow (the `convert` extra)
+
+        write_openai_checkpoint(root / "gpt2-124M-tf", seed=0)
+    except ImportError:
+        pass  # the conversion blocks are skipped below
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "openai"))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        run_command("make demo", root, monkeypatch)
+    from hf_scratch_gpt.hub import plan_upload, write_model_card
+
+    staging = root / ".hub-staging"
+    shutil.copytree(root / "runs" / "demo", staging)
+    write_model_card(staging, "trained_from_scratch", repo_id="you/my-gpt", license="apache-2.0")
+    (root / "hub" / "you" / "my-gpt").mkdir(parents=True)
+    for name in plan_upload(staging)[0]:
+        shutil.copy(staging / name, root / "hub" / "you" / "my-gpt" / name)
+    shutil.rmtree(staging)
+    return root
+
+
+def block_id(block) -> str:
+    language, line, body = block
+    first = next((text for text in body.splitlines() if text.strip() and not text.startswith("#")), "")
+    return f"{language}@{line}:{first[:40]}"
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[block_id(block) for block in BLOCKS])
+def test_readme_block_runs(block, workspace, monkeypatch, capsys):
+    language, line, body = block
+    if "gpt2-124M-tf" in body and not (workspace / "gpt2-124M-tf").is_dir():
+        pytest.skip("the conversion needs TensorFlow (the `convert` extra)")
+    if language == "python":
+        run_python(body, workspace)
+        return
+    for command in shell_commands(body):
+        if key(command) not in NOT_RUN and key(command) not in RUN_BY_THE_WORKSPACE:
+            run_command(command, workspace, monkeypatch, capsys)
+
+
+def test_the_demo_writes_what_the_readme_names(workspace):
+    demo = workspace / "runs" / "demo"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "loss.png", "metrics.json", "validation.jsonl"):
+        assert (demo / name).is_file(), name
+    assert not (demo / "model").exists()  # the README used to point there
+
+
+def test_evaluate_reproduces_the_demos_per_document_perplexity(workspace, monkeypatch, capsys):
+    """README: `hf-scratch-gpt evaluate runs/demo --dataset runs/demo/validation.jsonl` gives the demo's first
+    (per-document) validation perplexity."""
+    command = "hf-scratch-gpt evaluate runs/demo --dataset runs/demo/validation.jsonl"
+    if command not in OUTPUTS:  # this test was selected without the README's evaluate block
+        capsys.readouterr()
+        run_command(command, workspace, monkeypatch, capsys)
+    printed = json.loads(OUTPUTS[command])
+    demo = json.loads((workspace / "runs" / "demo" / "metrics.json").read_text())["demo"]
+    per_document = demo["validation_per_document"]
+    assert (printed["tokens"], printed["bytes"]) == (per_document["tokens"], per_document["bytes"])
+    assert printed["perplexity"] == pytest.approx(per_document["perplexity"], rel=1e-9)
+
+
+def test_metrics_json_has_one_name_per_quantity(workspace):
+    metrics = json.loads((workspace / "runs" / "demo" / "metrics.json").read_text())
+    assert not {"eval_nll", "tokens_seen"} & set(metrics) and not {"validation", "tokens_seen"} & set(metrics["demo"])
+    assert metrics["eval_perplexity"] == pytest.approx(2.718281828459045 ** metrics["eval_loss"], rel=1e-12)
+    assert metrics["demo"]["validation_blocks"]["perplexity"] == metrics["eval_perplexity"]
+    assert metrics["eval_protocol"] == "128-token blocks across document boundaries"
+    assert metrics["num_input_tokens_seen"] == metrics["demo"]["num_input_tokens_seen"] == 4 * 4 * 128
