@@ -17,6 +17,7 @@ once, with at least `n_positions - stride` tokens of context once the first wind
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,13 +144,26 @@ def score_text(model, tokenizer, text: str, stride: int | None = None) -> ScoreT
     return totals
 
 
-def evaluate_texts(model, tokenizer, texts: list[str], stride: int | None = None) -> dict[str, float | int]:
-    """Metrics over several texts, each scored on its own; the totals (not the per-text means) are combined."""
+def evaluate_texts(
+    model, tokenizer, texts: Iterable[str], stride: int | None = None, progress: bool = False, total: int | None = None
+) -> dict[str, float | int]:
+    """Metrics over several texts, each scored on its own; the totals (not the per-text means) are combined.
+
+    `texts` may be any iterable (e.g. a generator reading a large dataset batch by batch): only running sums are
+    kept, so memory does not grow with the number of texts. `progress` shows a bar over `total` texts."""
+    from tqdm.auto import tqdm
+
     model.eval()
     totals = ScoreTotals()
-    for text in texts:
+    for text in tqdm(texts, total=total, desc="evaluating", unit="doc", disable=not progress):
         totals = totals + score_text(model, tokenizer, text, stride=stride)
     return totals.metrics()
+
+
+def _dataset_texts(dataset, text_column: str, batch_size: int = 1000) -> Iterator[str]:
+    """The texts of a (memory-mapped) dataset, read one batch at a time instead of as one Python list."""
+    for batch in dataset.select_columns([text_column]).iter(batch_size=batch_size):
+        yield from batch[text_column]
 
 
 def evaluate_model(
@@ -177,16 +191,17 @@ def evaluate_model(
     if text_file is not None:
         if not Path(text_file).is_file():
             raise FileNotFoundError(f"text file {text_file!r} does not exist")
-        texts = [Path(text_file).read_text(encoding="utf-8")]
+        texts, count = [Path(text_file).read_text(encoding="utf-8")], 1
         if not texts[0].strip():
             raise ValueError(f"text file {text_file!r} is empty or whitespace-only")
     else:
-        texts = load_documents(dataset, text_column, dataset_config, dataset_split)[text_column]
+        documents = load_documents(dataset, text_column, dataset_config, dataset_split)
+        texts, count = _dataset_texts(documents, text_column), len(documents)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, use_safetensors=True)
     if device:
         model.to(device)
-    result = evaluate_texts(model, tokenizer, texts, stride=stride)
+    result = evaluate_texts(model, tokenizer, texts, stride=stride, progress=dataset is not None, total=count)
     result["stride"] = stride if stride is not None else model.config.n_positions // 2
     return result
 
