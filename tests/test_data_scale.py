@@ -220,3 +220,21 @@ def test_hub_id_with_owner_reaches_load_dataset_and_offline_says_so(tmp_path, mo
 def test_iterate_texts_reads_in_batches():
     documents = Dataset.from_dict({"text": [f"t{i}" for i in range(5)], "other": list(range(5))})
     assert list(iterate_texts(documents, batch_size=2)) == [["t0", "t1"], ["t2", "t3"], ["t4"]]
+
+
+def test_evaluate_a_dataset_folder_batch_by_batch_with_a_progress_bar(tmp_path, text_folder, bpe, capsys):
+    from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+    from hf_scratch_gpt.evaluation import evaluate_model, evaluate_texts
+
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny", vocab_size=len(bpe), n_positions=64)).eval()
+    model.save_pretrained(tmp_path)
+    bpe.save_pretrained(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text((text_folder / "a.txt").read_text("utf-8")[:3000], "utf-8")
+    (tmp_path / "docs" / "b.txt").write_text((text_folder / "b.txt").read_text("utf-8")[:2000], "utf-8")
+    result = evaluate_model(str(tmp_path), dataset=str(tmp_path / "docs"))
+    assert "evaluating" in capsys.readouterr().err  # the progress bar
+    texts = load_documents(str(tmp_path / "docs"))["text"]
+    expected = evaluate_texts(model, bpe, iter(texts))  # any iterable: a generator is read once, lazily
+    assert result["tokens"] == expected["tokens"] and result["loss"] == pytest.approx(expected["loss"], rel=1e-6)
