@@ -217,7 +217,7 @@ def load_documents(
         try:
             dataset = load_dataset(
                 builder, data_files=files, split="train", streaming=streaming,
-                num_proc=None if streaming else _file_workers(num_proc, len(files)), **options,
+                num_proc=None if streaming else _file_workers(num_proc, files), **options,
             )  # fmt: skip
         except Exception as error:  # the builders wrap the cause (UnicodeDecodeError, ArrowInvalid) in their own
             problem = locate_bad_input(files, builder, text_column if builder != "text" else "text")
@@ -260,10 +260,11 @@ def _positive_or_none(num_proc: int | None) -> int | None:
     return num_proc if num_proc and num_proc > 1 else None
 
 
-def _file_workers(num_proc: int | None, num_files: int) -> int | None:
-    """load_dataset parallelises over files: never more workers than files."""
-    workers = default_num_proc() if num_proc is None else num_proc
-    return _positive_or_none(min(workers or 1, num_files))
+def _file_workers(num_proc: int | None, files: list[str]) -> int | None:
+    """load_dataset parallelises over files: never more workers than files, and by default one per 64 MB."""
+    if num_proc is None:
+        return _positive_or_none(min(default_num_proc() or 1, len(files), sum(map(os.path.getsize, files)) >> 26))
+    return _positive_or_none(min(num_proc, len(files)))
 
 
 def _stream_with_text(dataset: IterableDataset, text_column: str, name: str) -> IterableDataset:
