@@ -220,10 +220,10 @@ def load_documents(
                 num_proc=None if streaming else _file_workers(num_proc, files), **options,
             )  # fmt: skip
         except Exception as error:  # the builders wrap the cause (UnicodeDecodeError, ArrowInvalid) in their own
-            problem = locate_bad_input(files, builder, text_column if builder != "text" else "text")
+            problem = locate_bad_input(files, builder, text_column)
             if problem is not None:
                 raise ValueError(f"cannot read {source!r}: {problem}") from error
-            if builder == "text" and all(_is_blank(path) for path in files):  # e.g. only blank lines: no rows
+            if builder != "parquet" and all(_is_blank(path) for path in files):  # e.g. only blank lines: no rows
                 raise ValueError(f"{source!r} contains no text: every document is empty or whitespace-only") from error
             raise
         if builder == "text" and text_column != "text":
