@@ -238,3 +238,20 @@ def test_evaluate_a_dataset_folder_batch_by_batch_with_a_progress_bar(tmp_path, 
     texts = load_documents(str(tmp_path / "docs"))["text"]
     expected = evaluate_texts(model, bpe, iter(texts))  # any iterable: a generator is read once, lazily
     assert result["tokens"] == expected["tokens"] and result["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_data_pipeline_benchmark_at_1_gb_and_20_training_steps(tmp_path):
+    """benchmarks/data_pipeline.py at 1 GB plus `hf-scratch-gpt train` for 20 steps on it (hours on 2 busy cores)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "data_pipeline.py"
+    spec = importlib.util.spec_from_file_location("data_pipeline", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    output = tmp_path / "result.json"
+    bench.main(["--sizes-mb", "1000", "--train-steps", "20", "--workdir", str(tmp_path / "work"), "--output", str(output)])
+    (row,) = json.loads(output.read_text())["rows"]
+    assert row["size_bytes"] >= 10**9 and row["blocks"]["train"] > 0.9 * row["tokens"] / 1024
+    assert row["train"]["steps"] == 20 and row["train"]["train_loss"] > 0
