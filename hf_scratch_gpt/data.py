@@ -1,27 +1,47 @@
-"""Text → documents → train/validation split → token ids → fixed-size blocks; plus the fine-tuning collator.
+"""Text → documents → train/validation split → token ids → fixed-size blocks; plus the collators.
 
 The causal-LM path follows transformers' `run_clm` example: tokenize every document in a batched `datasets.map`,
-concatenate, cut into blocks of `block_size` tokens and set `labels = input_ids` (the model shifts them).
-Documents are separated by the tokenizer's end-of-text token, as in GPT-2's training data.
+concatenate, cut into blocks of `block_size` tokens. Documents are separated by the tokenizer's end-of-text token,
+as in GPT-2's training data. Blocks store only `input_ids`; `LMBlockCollator` sets `labels = input_ids` per batch
+(the model shifts them), so the dataset never holds a second copy of the tokens.
+
+Built for corpora far larger than memory: local files are read by `datasets`' own builders into the Arrow cache
+(memory-mapped, reused by fingerprint on the next run), tokenization runs in `num_proc` processes with the fast
+tokenizer's batch encoder, and packing walks the token column in bounded batches, carrying the remainder from one
+batch to the next, so memory does not grow with the corpus and at most one remainder (< block_size) is dropped per
+split. `streaming=True` gives `IterableDataset`s that read, tokenize and pack on the fly (nothing is cached).
 
 Sources (`load_documents`):
 - `None` or `"pydoc"`: the embedded default corpus, the documentation topics that ship inside every CPython
   (`pydoc_data.topics`, about 465 k characters), split into paragraphs; no download.
-- a `.txt` file: its paragraphs (blocks separated by a blank line) are the documents.
-- a `.jsonl` / `.json` file: one document per record, text in `text_column`.
-- anything else: the name of a Hugging Face dataset (`datasets.load_dataset(name, config)`); needs the Hub.
+- a `.txt` file: its paragraphs (blocks separated by a blank line) are the documents (`text` builder,
+  `sample_by="paragraph"`).
+- a `.jsonl` / `.json` file: one document per record, text in `text_column` (`json` builder); `.parquet` likewise.
+- a folder (every supported file in it and below, sorted by path) or a glob such as `data/*.jsonl`; all files of
+  one kind. Empty (0-byte) files are skipped with a warning that counts them.
+- anything else: a Hugging Face Hub dataset id (`name` or `owner/name`) → `datasets.load_dataset(id, config,
+  split=...)`; needs the Hub (or its local cache).
+
+Bad input fails before training with the file (and line) named: bad UTF-8, a malformed JSON line, a record without
+the text field (or with null text).
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, load_dataset
 
 from .modeling_scratch_gpt import IGNORE_INDEX
 from .openai.tokenizer import END_OF_TEXT
@@ -30,7 +50,18 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CORPUS = "pydoc"
 PARAGRAPH_SEPARATOR = "\n\n"
-LOCAL_FILE_BUILDERS = {".jsonl": "json", ".json": "json"}  # extension → datasets builder for record files
+# extension → (datasets builder, its options). A .txt file's paragraphs are its documents, as `split_paragraphs`.
+LOCAL_BUILDERS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".txt": ("text", {"sample_by": "paragraph"}),
+    ".jsonl": ("json", {}),
+    ".json": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+GLOB_CHARACTERS = "*?["
+MAP_BATCH_SIZE = 1000  # documents per tokenizer call (run_clm's default) and per Arrow record batch written
+MIN_DOCUMENTS_PER_WORKER = 10_000  # below this a worker process costs more to start than it saves
+STREAMING_EVAL_BLOCKS = 1000  # default cap on streamed validation blocks: a stream has no end to wait for
+TOKEN_TYPE = pa.int32()  # 4 bytes per token on disk and in memory; ids < 2^31
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -48,41 +79,203 @@ def default_corpus_documents() -> list[str]:
     return [paragraph for name in sorted(topics) for paragraph in split_paragraphs(topics[name])]
 
 
+def default_num_proc(num_rows: int | None = None) -> int | None:
+    """Worker processes for `datasets.map`: the cores this process may use, one per `MIN_DOCUMENTS_PER_WORKER`
+    documents at most; None (work in this process) when that is one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if num_rows is not None:
+        cores = min(cores, num_rows // MIN_DOCUMENTS_PER_WORKER)
+    return cores if cores > 1 else None
+
+
+def _looks_like_path(source: str) -> bool:
+    """A Hub id is `name` or `owner/name`; anything else with a separator, a leading '.', '/' or '~', a known
+    extension or a glob character is meant as a local path."""
+    normalized = source.replace(os.sep, "/")
+    return (
+        os.path.exists(source)
+        or normalized.startswith((".", "/", "~"))
+        or normalized.count("/") > 1
+        or os.path.splitext(source)[1].lower() in LOCAL_BUILDERS
+        or any(character in source for character in GLOB_CHARACTERS)
+    )
+
+
+def resolve_local_files(source: str) -> tuple[str, list[str]]:
+    """(builder extension, sorted files) of a local file, folder or glob. Raises `FileNotFoundError` when nothing
+    matches and `ValueError` for unsupported or mixed file kinds."""
+    expanded = os.path.expanduser(source)
+    if os.path.isdir(expanded):
+        candidates = [
+            os.path.join(root, name) for root, _, names in os.walk(expanded) for name in names
+            if os.path.splitext(name)[1].lower() in LOCAL_BUILDERS
+        ]  # fmt: skip
+        if not candidates:
+            raise FileNotFoundError(f"folder {source!r} holds no {'/'.join(LOCAL_BUILDERS)} file")
+    elif any(character in expanded for character in GLOB_CHARACTERS):
+        candidates = [path for path in glob.glob(expanded, recursive=True) if os.path.isfile(path)]
+        if not candidates:
+            raise FileNotFoundError(f"no file matches {source!r}")
+    elif os.path.isfile(expanded):
+        candidates = [expanded]
+    else:
+        raise FileNotFoundError(
+            f"text source {source!r} does not exist (expected a {'/'.join(LOCAL_BUILDERS)} file, a folder or a glob)"
+        )
+    extensions = sorted({os.path.splitext(path)[1].lower() for path in candidates})
+    unsupported = [extension for extension in extensions if extension not in LOCAL_BUILDERS]
+    if unsupported:
+        raise ValueError(f"unsupported text file kind {unsupported} in {source!r}: expected {sorted(LOCAL_BUILDERS)}")
+    builders = {LOCAL_BUILDERS[extension][0] for extension in extensions}
+    if len(builders) > 1:
+        raise ValueError(f"{source!r} mixes file kinds {extensions}; use one kind (.txt, .jsonl/.json or .parquet)")
+    return extensions[0], sorted(os.path.abspath(path) for path in candidates)
+
+
+def _skip_empty_files(files: list[str], source: str) -> list[str]:
+    """Drop 0-byte files (the builders cannot infer a schema from them), with one warning counting them."""
+    empty = [path for path in files if os.path.getsize(path) == 0]
+    if empty:
+        logger.warning(
+            "skipping %d empty file(s) in %r: %s%s", len(empty), source, ", ".join(empty[:5]),
+            " …" if len(empty) > 5 else "",
+        )  # fmt: skip
+    return [path for path in files if os.path.getsize(path) > 0]
+
+
+def locate_bad_input(files: list[str], builder: str, text_column: str) -> str | None:
+    """The first problem a builder would trip on, as 'FILE line N: what' (None if none is found).
+
+    Only called after a builder failed or returned rows without text: it re-reads the files line by line, so the
+    normal path pays nothing for it."""
+    for path in files:
+        if builder == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                column = pq.read_table(path, columns=[text_column]).column(text_column)
+            except (pa.ArrowInvalid, KeyError, OSError) as error:
+                return f"{path}: {error}"
+            if column.null_count:
+                row = pc.index(pc.is_null(column), True).as_py()
+                return f"{path} row {row + 1}: no text in field {text_column!r} (null)"
+            continue
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    return f"{path} line {number}: not valid UTF-8 ({error.reason} at byte {error.start} of the line)"
+                if builder != "json" or not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    return f"{path} line {number}: not valid JSON ({error.msg})"
+                if isinstance(record, dict) and record.get(text_column) is None:
+                    return f"{path} line {number}: no text in field {text_column!r} (keys: {sorted(record)})"
+    return None
+
+
+def _is_blank(path: str, chunk_size: int = 1 << 20) -> bool:
+    with open(path, encoding="utf-8") as handle:
+        while chunk := handle.read(chunk_size):
+            if chunk.strip():
+                return False
+    return True
+
+
+def _has_text(batch: dict[str, list], text_column: str) -> list[bool]:
+    return [bool(text and text.strip()) for text in batch[text_column]]
+
+
 def load_documents(
     source: str | None = None,
     text_column: str = "text",
     dataset_config: str | None = None,
     dataset_split: str = "train",
-) -> Dataset:
-    """A `Dataset` with one document per row in column `text_column` (see the module docstring for sources).
+    streaming: bool = False,
+    num_proc: int | None = None,
+) -> Dataset | IterableDataset:
+    """One document per row in column `text_column` (see the module docstring for sources).
 
-    Raises `FileNotFoundError` for a missing local file and `ValueError` when the source has no usable text
-    (no rows, or only empty / whitespace-only text), so a bad corpus fails before any training starts.
+    A `Dataset` backed by the Arrow cache, or with `streaming=True` an `IterableDataset` read lazily.
+    Raises `FileNotFoundError` for a missing local path, `ConnectionError` when a Hub dataset cannot be reached, and
+    `ValueError` naming the file and line for bad UTF-8, a malformed JSON line or a record without text, and when the
+    source has no usable text (no rows, or only empty / whitespace-only text), so a bad corpus fails before any
+    training starts.
     """
     if source is None or source == DEFAULT_CORPUS:
         dataset = Dataset.from_dict({text_column: default_corpus_documents()})
-        name = "the embedded pydoc corpus"
-    else:
-        extension = os.path.splitext(source)[1].lower()
-        looks_local = extension in (".txt", *LOCAL_FILE_BUILDERS) or os.path.sep in source
-        if looks_local and not os.path.isfile(source):
-            raise FileNotFoundError(f"text source {source!r} does not exist (expected a .txt or .jsonl file)")
-        if extension == ".txt":
-            with open(source, encoding="utf-8") as handle:
-                dataset = Dataset.from_dict({text_column: split_paragraphs(handle.read())})
-        elif extension in LOCAL_FILE_BUILDERS:
-            dataset = load_dataset(LOCAL_FILE_BUILDERS[extension], data_files=source, split="train")
-        elif looks_local:
-            raise ValueError(f"unsupported text file {source!r}: expected a .txt, .json or .jsonl file")
-        else:  # a dataset on the Hugging Face Hub (or in the local datasets cache)
-            dataset = load_dataset(source, dataset_config, split=dataset_split)
+        return dataset.to_iterable_dataset() if streaming else dataset
+    if _looks_like_path(source):
+        extension, files = resolve_local_files(source)
+        files = _skip_empty_files(files, source)
+        if not files:
+            raise ValueError(f"{source!r} contains no text: every file is empty")
+        builder, options = LOCAL_BUILDERS[extension]
+        try:
+            dataset = load_dataset(
+                builder, data_files=files, split="train", streaming=streaming,
+                num_proc=None if streaming else _file_workers(num_proc, files), **options,
+            )  # fmt: skip
+        except Exception as error:  # the builders wrap the cause (UnicodeDecodeError, ArrowInvalid) in their own
+            problem = locate_bad_input(files, builder, text_column)
+            if problem is not None:
+                raise ValueError(f"cannot read {source!r}: {problem}") from error
+            if builder != "parquet" and all(_is_blank(path) for path in files):  # e.g. only blank lines: no rows
+                raise ValueError(f"{source!r} contains no text: every document is empty or whitespace-only") from error
+            raise
+        if builder == "text" and text_column != "text":
+            dataset = dataset.rename_column("text", text_column)
         name = repr(source)
+        if not streaming and text_column in dataset.column_names and dataset.data.column(text_column).null_count:
+            missing = dataset.data.column(text_column).null_count
+            problem = locate_bad_input(files, builder, text_column) or "some records"
+            raise ValueError(f"{source!r}: {missing} record(s) have no text in {text_column!r}; first: {problem}")
+    else:  # a dataset on the Hugging Face Hub (or in the local datasets cache)
+        try:
+            dataset = load_dataset(source, dataset_config, split=dataset_split, streaming=streaming)
+        except ConnectionError as error:
+            raise ConnectionError(
+                f"could not reach the Hugging Face Hub to load dataset {source!r} ({error}); check the network, or "
+                "unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE. A local path must exist (use ./NAME for a folder)"
+            ) from error
+        name = repr(source)
+    if streaming:
+        return _stream_with_text(dataset, text_column, name)
     if text_column not in dataset.column_names:
         raise ValueError(f"{name} has no column {text_column!r}; its columns are {dataset.column_names}")
-    dataset = dataset.filter(lambda batch: [bool(t and t.strip()) for t in batch[text_column]], batched=True)
+    dataset = dataset.filter(
+        _has_text, batched=True, fn_kwargs={"text_column": text_column},
+        num_proc=default_num_proc(len(dataset)) if num_proc is None else _positive_or_none(num_proc),
+        desc="Dropping empty documents",
+    )  # fmt: skip
     if len(dataset) == 0:
         raise ValueError(f"{name} contains no text: every document is empty or whitespace-only")
     return dataset
+
+
+def _positive_or_none(num_proc: int | None) -> int | None:
+    return num_proc if num_proc and num_proc > 1 else None
+
+
+def _file_workers(num_proc: int | None, files: list[str]) -> int | None:
+    """load_dataset parallelises over files: never more workers than files, and by default one per 64 MB."""
+    if num_proc is None:
+        return _positive_or_none(min(default_num_proc() or 1, len(files), sum(map(os.path.getsize, files)) >> 26))
+    return _positive_or_none(min(num_proc, len(files)))
+
+
+def _stream_with_text(dataset: IterableDataset, text_column: str, name: str) -> IterableDataset:
+    """Streamed documents: a missing text field or null text is an error naming the record; blank ones are dropped."""
+
+    def keep(example: dict[str, Any], index: int) -> bool:
+        if example.get(text_column) is None:
+            raise ValueError(f"{name}: record {index} has no text in {text_column!r}; its fields are {sorted(example)}")
+        return bool(example[text_column].strip())
+
+    return dataset.filter(keep, with_indices=True)
 
 
 def split_train_validation(dataset: Dataset, validation_fraction: float = 0.05, seed: int = 0) -> DatasetDict:
@@ -98,10 +291,31 @@ def split_train_validation(dataset: Dataset, validation_fraction: float = 0.05, 
     return DatasetDict(train=parts["train"], validation=parts["test"])
 
 
+def in_validation(index: int, validation_fraction: float, seed: int) -> bool:
+    """Whether document `index` is held out: a seeded hash of the index, uniform in [0, 1), below the fraction.
+    Needs no length, so it splits a stream; about `validation_fraction` of the documents are held out."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < validation_fraction
+
+
+def split_stream_train_validation(
+    stream: IterableDataset, validation_fraction: float = 0.05, seed: int = 0
+) -> IterableDatasetDict:
+    """Deterministic split of a stream by a seeded hash of each document's position (see `in_validation`)."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
+    keep_train = lambda _, index: not in_validation(index, validation_fraction, seed)  # noqa: E731
+    keep_validation = lambda _, index: in_validation(index, validation_fraction, seed)  # noqa: E731
+    return IterableDatasetDict(
+        train=stream.filter(keep_train, with_indices=True),
+        validation=stream.filter(keep_validation, with_indices=True),
+    )
+
+
 def iterate_texts(dataset: Dataset, text_column: str = "text", batch_size: int = 1000) -> Iterator[list[str]]:
-    """Batches of raw texts (what `tokenizers`' trainer consumes)."""
-    for start in range(0, len(dataset), batch_size):
-        yield dataset[start : start + batch_size][text_column]
+    """Batches of raw texts (what `tokenizers`' trainer consumes), read from the Arrow cache one batch at a time."""
+    for batch in dataset.select_columns([text_column]).iter(batch_size=batch_size):
+        yield batch[text_column]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -144,62 +358,234 @@ def train_bpe_tokenizer(texts: Iterable[Sequence[str]], vocab_size: int = 4096, 
 # ---------------------------------------------------------------------------------------------------------------------
 # Token blocks for causal-LM training
 # ---------------------------------------------------------------------------------------------------------------------
+def _fast_backend(tokenizer):
+    """The Rust tokenizer behind a transformers fast tokenizer, when calling it directly gives the same ids as
+    `tokenizer(texts, add_special_tokens=False)` (it is what that call runs); else None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return None
+    if bool(getattr(tokenizer, "split_special_tokens", False)) != bool(backend.encode_special_tokens):
+        return None
+    return backend
+
+
+def encode_to_arrow(texts: list[str], tokenizer, eos_id: int | None) -> pa.ListArray:
+    """Token ids of each text (+ `eos_id` when given) as one Arrow list array of int32: one flat buffer and
+    offsets, instead of a Python list of lists per document."""
+    backend = _fast_backend(tokenizer)
+    if backend is not None:
+        rows = [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    else:
+        rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    extra = 0 if eos_id is None else 1
+    lengths = np.fromiter((len(row) + extra for row in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.empty(int(offsets[-1]), dtype=np.int32)
+    for row, start, end in zip(rows, offsets[:-1], offsets[1:]):
+        flat[start : end - extra] = row
+    if extra:
+        flat[offsets[1:] - 1] = eos_id
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=TOKEN_TYPE))
+
+
+def _tokenize_batch(batch: dict[str, list], tokenizer, text_column: str, eos_id: int | None) -> pa.Table:
+    return pa.table({"input_ids": encode_to_arrow(batch[text_column], tokenizer, eos_id)})
+
+
 def tokenize_documents(
-    dataset: Dataset | DatasetDict, tokenizer, text_column: str = "text", append_eos: bool = True, num_proc=None
+    dataset: Dataset | DatasetDict,
+    tokenizer,
+    text_column: str = "text",
+    append_eos: bool = True,
+    num_proc: int | None = None,
 ) -> Dataset | DatasetDict:
-    """Batched `map`: text → `input_ids`, with the end-of-text token after each document."""
+    """Batched `map`: text → `input_ids` (int32), with the end-of-text token after each document.
+
+    `num_proc=None` uses `default_num_proc` (the machine's cores for large splits); 1 keeps it in this process.
+    """
     eos_id = tokenizer.eos_token_id
     if append_eos and eos_id is None:
         raise ValueError("the tokenizer has no eos_token; pass append_eos=False or set one")
-
-    def tokenize(batch: dict[str, list]) -> dict[str, list]:
-        ids = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [row + [eos_id] for row in ids] if append_eos else ids}
-
-    column_names = dataset["train"].column_names if isinstance(dataset, DatasetDict) else dataset.column_names
-    return dataset.map(tokenize, batched=True, remove_columns=column_names, num_proc=num_proc, desc="Tokenizing")
+    splits = dataset if isinstance(dataset, DatasetDict) else {"": dataset}
+    tokenized = {}
+    for split, documents in splits.items():
+        tokenized[split] = documents.map(
+            _tokenize_batch,
+            batched=True,
+            batch_size=MAP_BATCH_SIZE,
+            remove_columns=documents.column_names,
+            fn_kwargs={"tokenizer": tokenizer, "text_column": text_column, "eos_id": eos_id if append_eos else None},
+            features=Features.from_arrow_schema(pa.schema({"input_ids": pa.list_(TOKEN_TYPE)})),
+            num_proc=default_num_proc(len(documents)) if num_proc is None else _positive_or_none(num_proc),
+            desc=f"Tokenizing {split}".rstrip(),
+        )
+    return DatasetDict(tokenized) if isinstance(dataset, DatasetDict) else tokenized[""]
 
 
 def group_into_blocks(examples: dict[str, list[list[int]]], block_size: int) -> dict[str, list[list[int]]]:
-    """run_clm's `group_texts`: concatenate every column, drop the remainder, cut into `block_size` chunks.
-
-    `labels` is a copy of `input_ids`: the model shifts them itself.
-    """
+    """run_clm's `group_texts` on one in-memory batch: concatenate every column, drop the remainder, cut into
+    `block_size` chunks. (`pack_blocks` does the same over a whole split in bounded memory.)"""
     concatenated = {key: [token for row in examples[key] for token in row] for key in examples}
     total = (len(concatenated["input_ids"]) // block_size) * block_size  # the remainder (< block_size) is dropped
-    blocks = {
+    return {
         key: [values[start : start + block_size] for start in range(0, total, block_size)]
         for key, values in concatenated.items()
     }
-    blocks["labels"] = [list(block) for block in blocks["input_ids"]]
-    return blocks
+
+
+class _BlockCutter:
+    """Cuts a stream of token arrays into `block_size` rows, carrying the remainder from one array to the next,
+    so the blocks are those of the whole stream concatenated and only the final remainder is dropped."""
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.carry = np.empty(0, dtype=np.int32)
+        self.tokens = 0
+
+    def cut(self, tokens: np.ndarray) -> np.ndarray:
+        """(n, block_size) blocks completed by `tokens`; keeps what is left over (< block_size) for the next call."""
+        self.tokens += len(tokens)
+        joined = np.concatenate([self.carry, tokens]) if len(self.carry) else tokens
+        count = len(joined) // self.block_size
+        self.carry = joined[count * self.block_size :].copy()
+        return joined[: count * self.block_size].reshape(count, self.block_size)
+
+
+def _blocks_table(blocks: np.ndarray, block_size: int) -> pa.Table:
+    values = pa.array(blocks.reshape(-1), type=TOKEN_TYPE)
+    return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(values, block_size)})
+
+
+def _flat_tokens(table: pa.Table) -> np.ndarray:
+    column = table.column("input_ids")
+    pieces = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]  # respects slices
+    return np.concatenate(pieces) if len(pieces) != 1 else pieces[0]
+
+
+def pack_blocks(tokenized: Dataset, block_size: int, batch_size: int = MAP_BATCH_SIZE) -> tuple[Dataset, int]:
+    """(blocks, token count) of one tokenized split: its documents concatenated in order and cut into rows of
+    `block_size` tokens, the one remainder (< block_size) dropped — the blocks `group_into_blocks` makes from the
+    whole split, built `batch_size` documents at a time in bounded memory.
+
+    The blocks go to an Arrow file next to the split's cache files, named by the split's fingerprint and the block
+    size, so a second run on the same data reads them back at once (an in-memory split gives in-memory blocks).
+    """
+    from datasets.arrow_writer import ArrowWriter
+
+    features = Features.from_arrow_schema(pa.schema({"input_ids": pa.list_(TOKEN_TYPE, block_size)}))
+    cache_path = None
+    if tokenized.cache_files:
+        folder = os.path.dirname(tokenized.cache_files[0]["filename"])
+        cache_path = os.path.join(folder, f"blocks-{tokenized._fingerprint}-{block_size}.arrow")
+        counts_path = cache_path + ".tokens"
+        if os.path.isfile(cache_path) and os.path.isfile(counts_path):
+            logger.info("reusing cached blocks %s", cache_path)
+            return Dataset.from_file(cache_path), int(open(counts_path).read())
+    cutter = _BlockCutter(block_size)
+    batches = tokenized.select_columns(["input_ids"]).with_format("arrow").iter(batch_size=batch_size)
+    if cache_path is None:
+        tables = [_blocks_table(cutter.cut(_flat_tokens(batch)), block_size) for batch in batches]
+        table = pa.concat_tables(tables) if tables else _blocks_table(np.empty((0, block_size), np.int32), block_size)
+        return Dataset(_in_memory(table)), cutter.tokens
+    staging = f"{cache_path}.{os.getpid()}.incomplete"
+    with ArrowWriter(features=features, path=staging) as writer:
+        for batch in batches:
+            writer.write_table(_blocks_table(cutter.cut(_flat_tokens(batch)), block_size))
+        writer.finalize()
+    os.replace(staging, cache_path)  # complete files only: a killed run leaves no half-written cache behind
+    with open(counts_path + f".{os.getpid()}", "w") as handle:
+        handle.write(str(cutter.tokens))
+    os.replace(counts_path + f".{os.getpid()}", counts_path)
+    return Dataset.from_file(cache_path), cutter.tokens
+
+
+def _in_memory(table: pa.Table):
+    from datasets.table import InMemoryTable
+
+    return InMemoryTable(table)
+
+
+def stream_blocks(
+    documents: IterableDataset, tokenizer, block_size: int, text_column: str = "text", append_eos: bool = True
+) -> Iterator[dict[str, list[int]]]:
+    """Read, tokenize and pack a stream on the fly: the same blocks `pack_blocks(tokenize_documents(...))` gives
+    for the same documents in the same order. Raises `ValueError` if the stream ends before one block is full."""
+    eos_id = tokenizer.eos_token_id
+    if append_eos and eos_id is None:
+        raise ValueError("the tokenizer has no eos_token; pass append_eos=False or set one")
+    cutter = _BlockCutter(block_size)
+    blocks = 0
+    for batch in documents.iter(batch_size=MAP_BATCH_SIZE):
+        ids = encode_to_arrow(batch[text_column], tokenizer, eos_id if append_eos else None)
+        for block in cutter.cut(ids.flatten().to_numpy(zero_copy_only=False)):
+            blocks += 1
+            yield {"input_ids": block.tolist()}
+    if blocks == 0:
+        raise ValueError(
+            f"block_size {block_size} is larger than the {cutter.tokens} tokens of the stream; "
+            "use a smaller block_size or more text"
+        )
 
 
 def build_lm_datasets(
-    documents: DatasetDict, tokenizer, block_size: int, text_column: str = "text", num_proc=None
-) -> DatasetDict:
-    """Tokenize every split and group it into blocks. Raises `ValueError` when a split yields no block."""
+    documents: DatasetDict | IterableDatasetDict,
+    tokenizer,
+    block_size: int,
+    text_column: str = "text",
+    num_proc: int | None = None,
+    shuffle_buffer: int = 10_000,
+    seed: int = 0,
+) -> DatasetDict | IterableDatasetDict:
+    """Tokenize every split and pack it into blocks of `block_size` tokens (column `input_ids` only).
+
+    A `DatasetDict` gives cached `Dataset`s (raises `ValueError` when a split yields no block); an
+    `IterableDatasetDict` (streaming) gives `IterableDataset`s that tokenize and pack on the fly; the train split
+    is shuffled through a buffer of `shuffle_buffer` blocks (seeded; `set_epoch` reshuffles), the others are not.
+    """
     if block_size < 2:
         raise ValueError(f"block_size must be >= 2 (one input and one target), got {block_size}")
+    if isinstance(documents, IterableDatasetDict):
+        features = Features.from_arrow_schema(pa.schema({"input_ids": pa.list_(TOKEN_TYPE, block_size)}))
+        streams = {}
+        for split, stream in documents.items():
+            blocks = IterableDataset.from_generator(
+                stream_blocks, features=features,
+                gen_kwargs={"documents": stream, "tokenizer": tokenizer, "block_size": block_size,
+                            "text_column": text_column},
+            )  # fmt: skip
+            if split == "train" and shuffle_buffer > 1:
+                blocks = blocks.shuffle(seed=seed, buffer_size=shuffle_buffer)
+            streams[split] = blocks
+        return IterableDatasetDict(streams)
     tokenized = tokenize_documents(documents, tokenizer, text_column=text_column, num_proc=num_proc)
-    token_counts = {split: sum(len(row) for row in tokenized[split]["input_ids"]) for split in tokenized}
-    # Group the whole split in one map batch: only one remainder (< block_size) is dropped per split.
-    blocks = tokenized.map(
-        group_into_blocks,
-        batched=True,
-        batch_size=None,
-        fn_kwargs={"block_size": block_size},
-        num_proc=num_proc,
-        desc=f"Grouping into blocks of {block_size}",
-    )
-    for split, dataset in blocks.items():
-        if len(dataset) == 0:
+    blocks = {}
+    for split, dataset in tokenized.items():
+        blocks[split], tokens = pack_blocks(dataset, block_size)
+        if len(blocks[split]) == 0:
             raise ValueError(
-                f"block_size {block_size} is larger than the {token_counts[split]} tokens of the {split!r} split; "
+                f"block_size {block_size} is larger than the {tokens} tokens of the {split!r} split; "
                 "use a smaller block_size or more text"
             )
-        logger.info("%s: %d tokens → %d blocks of %d", split, token_counts[split], len(dataset), block_size)
-    return blocks
+        logger.info("%s: %d tokens → %d blocks of %d", split, tokens, len(blocks[split]), block_size)
+    return DatasetDict(blocks)
+
+
+@dataclass
+class LMBlockCollator:
+    """Stacks packed blocks into a batch: `input_ids` (B, T) int64 and `labels`, a copy of them (the model shifts).
+
+    Packed blocks have no padding, so no label is -100; the labels are made here, per batch, instead of being
+    stored as a second copy of every token in the dataset."""
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("cannot collate an empty list of blocks")
+        lengths = {len(feature["input_ids"]) for feature in features}
+        if len(lengths) != 1:
+            raise ValueError(f"packed blocks must all have the same length, got lengths {sorted(lengths)}")
+        input_ids = torch.tensor(np.asarray([feature["input_ids"] for feature in features]), dtype=torch.long)
+        return {"input_ids": input_ids, "labels": input_ids.clone()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -266,13 +652,22 @@ __all__ = [
     "CompletionCollator",
     "DEFAULT_CORPUS",
     "END_OF_TEXT",
+    "LMBlockCollator",
     "build_lm_datasets",
     "default_corpus_documents",
+    "default_num_proc",
+    "encode_to_arrow",
     "group_into_blocks",
+    "in_validation",
     "iterate_texts",
     "load_documents",
+    "locate_bad_input",
+    "pack_blocks",
+    "resolve_local_files",
     "split_paragraphs",
+    "split_stream_train_validation",
     "split_train_validation",
+    "stream_blocks",
     "tokenize_documents",
     "tokenize_prompt_completion",
     "train_bpe_tokenizer",

@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 from .modeling_scratch_gpt import IGNORE_INDEX
 
@@ -167,25 +171,29 @@ def score_text(model, tokenizer, text: str, stride: int | None = None) -> ScoreT
     return totals
 
 
-def evaluate_texts(model, tokenizer, texts: list[str], stride: int | None = None) -> dict[str, float | int]:
-    """Metrics over several texts, each scored on its own; the totals (not the per-text means) are combined."""
+def evaluate_texts(
+    model, tokenizer, texts: Iterable[str], stride: int | None = None, progress: bool = False, total: int | None = None
+) -> dict[str, float | int]:
+    """Metrics over several texts, each scored on its own; the totals (not the per-text means) are combined.
+
+    `texts` may be any iterable (e.g. a generator reading a large dataset batch by batch): only running sums are
+    kept, so memory does not grow with the number of texts. `progress` shows a bar over `total` texts."""
     model.eval()
     totals = ScoreTotals()
-    # A progress bar (stderr) when there are several texts: scoring every pydoc paragraph takes a while on a CPU.
-    for text in tqdm(texts, desc="Scoring", unit="text", disable=len(texts) < 2, leave=False):
+    for text in tqdm(texts, total=total, desc="evaluating", unit="doc", disable=not progress):
         totals = totals + score_text(model, tokenizer, text, stride=stride)
     return totals.metrics()
 
 
-def load_evaluation_texts(
+def load_evaluation_documents(
     dataset: str,
     text_column: str = "text",
     dataset_config: str | None = None,
     split: str | None = None,
     validation_fraction: float | None = None,
     split_seed: int | None = None,
-) -> tuple[list[str], str]:
-    """(texts, name of the split scored) of `dataset`, by the split training used for it.
+) -> tuple[Dataset, str]:
+    """(documents, name of the split scored) of `dataset`, by the split training used for it.
 
     A Hub dataset has splits of its own: `split` names one (default "test"). The embedded corpus and local
     .txt/.jsonl files have none: training holds out a deterministic share of their documents
@@ -193,16 +201,16 @@ def load_evaluation_texts(
     `split` is one of `LOCAL_SPLITS` and "validation" gives exactly the documents training never saw. Left unset
     for such a source, every document is scored ("all") and a warning says so.
     """
-    from .data import DEFAULT_CORPUS, load_documents, split_train_validation
+    from .data import DEFAULT_CORPUS, _looks_like_path, load_documents, split_train_validation
 
-    if dataset != DEFAULT_CORPUS and not os.path.isfile(dataset):  # a Hub dataset (or a missing file: named there)
+    if dataset != DEFAULT_CORPUS and not _looks_like_path(dataset):  # a Hub dataset id
         if validation_fraction is not None or split_seed is not None:
             raise ValueError(
                 f"validation_fraction and split_seed apply to the embedded corpus and local files, not to the Hub "
                 f"dataset {dataset!r}: choose one of its own splits with split"
             )
         split = split or "test"
-        return load_documents(dataset, text_column, dataset_config, split)[text_column], split
+        return load_documents(dataset, text_column, dataset_config, split), split
     if split is None:
         split = "all"
         logger.warning(
@@ -217,10 +225,22 @@ def load_evaluation_texts(
         )
     documents = load_documents(dataset, text_column)
     if split == "all":
-        return documents[text_column], split
+        return documents, split
     options = {"validation_fraction": validation_fraction, "seed": split_seed}
     parts = split_train_validation(documents, **{k: v for k, v in options.items() if v is not None})
-    return parts[split][text_column], split
+    return parts[split], split
+
+
+def load_evaluation_texts(dataset: str, text_column: str = "text", **options) -> tuple[list[str], str]:
+    """`load_evaluation_documents` as a list of texts (small datasets; `evaluate_model` streams the documents)."""
+    documents, split = load_evaluation_documents(dataset, text_column, **options)
+    return documents[text_column], split
+
+
+def _dataset_texts(dataset, text_column: str, batch_size: int = 1000) -> Iterator[str]:
+    """The texts of a (memory-mapped) dataset, read one batch at a time instead of as one Python list."""
+    for batch in dataset.select_columns([text_column]).iter(batch_size=batch_size):
+        yield from batch[text_column]
 
 
 def evaluate_model(
@@ -253,26 +273,29 @@ def evaluate_model(
         if not Path(text_file).is_file():
             raise FileNotFoundError(f"text file {text_file!r} does not exist")
         try:
-            texts = [Path(text_file).read_text(encoding="utf-8")]
+            texts, count = [Path(text_file).read_text(encoding="utf-8")], 1
         except UnicodeDecodeError as error:
             raise ValueError(f"text file {text_file!r} is not UTF-8 text: {error}") from error
         split = None
         if not texts[0].strip():
             raise ValueError(f"text file {text_file!r} is empty or whitespace-only")
     else:
-        texts, split = load_evaluation_texts(
+        documents, split = load_evaluation_documents(
             dataset, text_column, dataset_config, dataset_split, validation_fraction, split_seed
         )
+        texts, count = _dataset_texts(documents, text_column), len(documents)
     # load_model checks the folder first: a missing or mis-shaped tensor is an error, never a random init.
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path)
     if device:
         model.to(device)
-    result: dict[str, float | int | str | None] = evaluate_texts(model, tokenizer, texts, stride=stride)
+    result: dict[str, float | int | str | None] = evaluate_texts(
+        model, tokenizer, texts, stride=stride, progress=dataset is not None, total=count
+    )
     result["stride"] = stride if stride is not None else model.config.n_positions // 2
     if split is not None:
         result["split"] = split
-        result["documents"] = len(texts)
+        result["documents"] = count
     return result
 
 
@@ -280,6 +303,7 @@ __all__ = [
     "ScoreTotals",
     "evaluate_model",
     "evaluate_texts",
+    "load_evaluation_documents",
     "load_evaluation_texts",
     "load_metric",
     "score_logits",

@@ -13,14 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer, HfArgumentParser, default_data_collator
+from transformers import AutoTokenizer, HfArgumentParser
 
 from ..configuration_scratch_gpt import PRESETS, ScratchGPTConfig
 from ..data import (
+    STREAMING_EVAL_BLOCKS,
     CompletionCollator,
+    LMBlockCollator,
     build_lm_datasets,
     iterate_texts,
     load_documents,
+    split_stream_train_validation,
     split_train_validation,
     tokenize_prompt_completion,
     train_bpe_tokenizer,
@@ -62,9 +65,13 @@ class DataArguments:
 
     dataset: str = field(
         default="pydoc",
-        metadata={"help": "'pydoc' (embedded corpus), a .txt/.jsonl file, or a Hugging Face dataset name."},
+        metadata={
+            "help": "'pydoc' (embedded corpus); a .txt/.jsonl/.json/.parquet file, a folder or a glob of them; "
+            "or a Hugging Face Hub dataset id (name or owner/name)."
+        },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Config of a Hub dataset."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of a Hub dataset to train on."})
     text_column: str = field(default="text")
     validation_fraction: float = field(default=0.05, metadata={"help": "Share of documents held out."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the train/validation split."})
@@ -76,6 +83,23 @@ class DataArguments:
         metadata={"help": "Fine-tune on prompt/completion records: the prompt column (its tokens get label -100)."},
     )
     completion_column: str = field(default="completion")
+    preprocessing_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "Processes for tokenizing (as run_clm). Unset: the machine's cores for large corpora, "
+                  "one process for small ones (under 10k documents per worker)."},
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read, tokenize and pack on the fly (IterableDataset, nothing cached); needs max_steps "
+                  "and a tokenizer (--tokenizer_name_or_path or a model folder)."},
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000, metadata={"help": "With --streaming: blocks in the seeded shuffle buffer of the train split."}
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": f"Cap on validation examples (blocks). Default: all; with --streaming {STREAMING_EVAL_BLOCKS}."},
+    )
 
 
 class FlagParser(HfArgumentParser):
@@ -139,6 +163,8 @@ def build_tokenizer(model_args: ModelArguments, train_documents, text_column: st
             raise FileNotFoundError(f"tokenizer folder {source!r} does not exist")
         check_tokenizer_files(source)  # a corrupt tokenizer.json is named, not a bare JSONDecodeError
         return AutoTokenizer.from_pretrained(source)
+    if not hasattr(train_documents, "__len__"):  # a stream: a BPE would have to read all of it first
+        raise ValueError("--streaming needs a trained tokenizer: pass --tokenizer_name_or_path (or a model folder)")
     logger.info("training a byte-level BPE tokenizer (vocab %d) on the train split", model_args.tokenizer_vocab_size)
     return train_bpe_tokenizer(iterate_texts(train_documents, text_column), vocab_size=model_args.tokenizer_vocab_size)
 
@@ -172,8 +198,17 @@ def build_datasets(data_args: DataArguments, tokenizer, model, documents) -> tup
     if block_size > model.config.n_positions:
         raise ValueError(f"block_size {block_size} exceeds the model's n_positions {model.config.n_positions}")
     if data_args.prompt_column is None:
-        blocks = build_lm_datasets(documents, tokenizer, block_size, text_column=data_args.text_column)
-        return blocks["train"], blocks["validation"], default_data_collator
+        blocks = build_lm_datasets(
+            documents, tokenizer, block_size, text_column=data_args.text_column,
+            num_proc=data_args.preprocessing_num_workers, shuffle_buffer=data_args.shuffle_buffer_size,
+        )  # fmt: skip
+        validation = blocks["validation"]
+        cap = data_args.max_eval_samples or (STREAMING_EVAL_BLOCKS if data_args.streaming else None)
+        if cap is not None:
+            validation = validation.take(cap) if data_args.streaming else validation.select(range(min(cap, len(validation))))
+        return blocks["train"], validation, LMBlockCollator()
+    if data_args.streaming:
+        raise ValueError("--streaming is for language-model blocks; prompt/completion fine-tuning needs the cached path")
     for column in (data_args.prompt_column, data_args.completion_column):
         if column not in documents["train"].column_names:
             raise ValueError(f"the dataset has no column {column!r}; its columns are {documents['train'].column_names}")
@@ -206,7 +241,12 @@ def eval_protocol(data_args: DataArguments, train_dataset, eval_dataset) -> str:
 def load_and_split(data_args: DataArguments):
     # For prompt/completion records the prompt column is the one that must exist and hold text.
     column = data_args.prompt_column or data_args.text_column
-    documents = load_documents(data_args.dataset, column, data_args.dataset_config_name)
+    documents = load_documents(
+        data_args.dataset, column, data_args.dataset_config_name, data_args.dataset_split,
+        streaming=data_args.streaming, num_proc=data_args.preprocessing_num_workers,
+    )  # fmt: skip
+    if data_args.streaming:
+        return split_stream_train_validation(documents, data_args.validation_fraction, data_args.split_seed)
     return split_train_validation(documents, data_args.validation_fraction, data_args.split_seed)
 
 

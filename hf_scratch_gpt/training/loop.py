@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -132,6 +132,32 @@ def _micro_batches(batch: dict[str, torch.Tensor], count: int) -> list[dict[str,
     if size % count:
         raise ValueError(f"this process's batch of {size} does not split into {count} accumulation micro-batches")
     return [{key: value.chunk(count)[i] for key, value in batch.items()} for i in range(count)]
+
+
+def _training_batches(accelerator: Accelerator, train_loader, step: int, steps_per_epoch: int | None):
+    """Global batches from optimizer step `step` on, epoch after epoch, without end.
+
+    A map-style dataset: each epoch is a new seeded shuffle, identical on every process, and a resumed run skips the
+    batches of the current epoch already trained on. A stream (`--streaming`, length unknown): each epoch reshuffles
+    its buffer (`set_epoch`), and a resumed run reads and discards the `step` batches already trained on.
+    """
+    epoch, to_skip = divmod(step, steps_per_epoch) if steps_per_epoch else (0, step)
+    while True:
+        train_loader.set_epoch(epoch)
+        if steps_per_epoch and to_skip:
+            loader, to_skip = accelerator.skip_first_batches(train_loader, to_skip), 0
+        else:
+            loader = train_loader
+        yielded = False
+        for batch in loader:
+            if to_skip:  # a stream being fast-forwarded to where the checkpoint was taken
+                to_skip -= 1
+                continue
+            yielded = True
+            yield batch
+        if not yielded and not to_skip:
+            raise ValueError("the training data yielded no batch in a whole epoch; use more text or a smaller batch")
+        epoch += 1
 
 
 @torch.no_grad()
@@ -260,11 +286,12 @@ def train_with_accelerate(
         model = shard_model(model.to(accelerator.device), fsdp_options)
 
     generator = torch.Generator().manual_seed(loop_args.seed)
+    streaming = isinstance(train_dataset, IterableDataset)  # shuffled by its own seeded buffer, length unknown
     train_loader = DataLoader(
-        train_dataset, batch_size=loop_args.global_batch_size, shuffle=True, drop_last=True,
-        collate_fn=collator, generator=generator,
+        train_dataset, batch_size=loop_args.global_batch_size, shuffle=not streaming, drop_last=True,
+        collate_fn=collator, generator=None if streaming else generator,
     )  # fmt: skip
-    if len(train_loader) == 0:
+    if not streaming and len(train_loader) == 0:
         raise ValueError(
             f"the training split has {len(train_dataset)} examples, fewer than global_batch_size "
             f"{loop_args.global_batch_size}"
@@ -301,17 +328,15 @@ def train_with_accelerate(
     if resume is not None:
         check_resume_step(step, loop_args.max_steps, resume)
 
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = None if streaming else len(train_loader)
     progress = tqdm(
         total=loop_args.max_steps, initial=step, desc="training",
         disable=loop_args.disable_tqdm or not accelerator.is_local_main_process,
     )  # fmt: skip
     model.train()
+    batches = _training_batches(accelerator, train_loader, step, steps_per_epoch)  # endless, epoch after epoch
     while step < loop_args.max_steps:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        train_loader.set_epoch(epoch)  # a new, seeded shuffle each epoch, identical on every process
-        loader = accelerator.skip_first_batches(train_loader, done_in_epoch) if done_in_epoch else train_loader
-        for batch in loader:
+        for batch in batches:
             micro_batches = _micro_batches(batch, accumulation)
             # Target tokens of the whole global batch: what every token loss is divided by.
             local_targets = sum((mb["labels"][:, 1:] != -100).sum() for mb in micro_batches)

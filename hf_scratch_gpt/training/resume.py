@@ -23,7 +23,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..loading import SAFE_WEIGHTS_NAME, read_tensor_shapes

@@ -306,7 +306,7 @@ def check_one_batch_each(training_args: TrainingArguments, train_dataset, eval_d
             raise ValueError(
                 f"the {split} split has {size} examples, fewer than {needed} "
                 + (f"(one batch: {flag} {batch_size} x {processes} processes, with dataloader_drop_last)"
-                   if training_args.dataloader_drop_last else f"(one per process)")
+                   if training_args.dataloader_drop_last else "(one per process)")
                 + "; use more text, a larger validation share, a smaller batch size or a smaller block size"
             )
 
