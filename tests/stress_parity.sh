@@ -7,7 +7,8 @@
 #   - the whole suite                                                   (STRESS_FULL=1),
 # and stops at the first failure. One line per run goes to the log (default /tmp/stress_parity.log).
 # Each run draws its own PYTHONHASHSEED and hypothesis seed (the per-process randomness of a plain run) and logs
-# them, so that a failing run can be replayed: STRESS_HASHSEED=H STRESS_HYPOTHESIS_SEED=S tests/stress_parity.sh 1
+# them, so that a failing run can be rerun with the same seeds (timing and memory addresses still differ):
+#   STRESS_HASHSEED=H STRESS_HYPOTHESIS_SEED=S tests/stress_parity.sh 1
 #
 #   tests/stress_parity.sh [N] [extra pytest arguments...]
 #   STRESS_FULL=1 tests/stress_parity.sh 20
