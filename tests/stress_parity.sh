@@ -43,7 +43,8 @@ for ((i = 1; i <= runs; i++)); do
     seeds="PYTHONHASHSEED=$hashseed hypothesis-seed=$hypothesis_seed"
     if PYTHONHASHSEED="$hashseed" "$python" -m pytest -q -x -p no:cacheprovider --hypothesis-seed="$hypothesis_seed" \
         "${targets[@]}" "$@" >"$out" 2>&1; then
-        echo "$(date -u +%FT%TZ) run $i/$runs passed ($((SECONDS - start)) s, $seeds): $(tail -n 1 "$out")" | tee -a "$log"
+        summary="$(tail -n 1 "$out")"
+        echo "$(date -u +%FT%TZ) run $i/$runs passed ($((SECONDS - start)) s, $seeds): $summary" | tee -a "$log"
         rm -f "$out"
     else
         echo "$(date -u +%FT%TZ) run $i/$runs FAILED ($((SECONDS - start)) s, $seeds), output in $out" | tee -a "$log"
