@@ -1,5 +1,7 @@
 """Comparison helpers shared by the tests."""
 
+import copy
+
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -14,6 +16,34 @@ RTOL = 1e-5
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL, **kwargs) -> None:
     scale = expected.detach().abs().max().clamp(min=1.0).item()
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale, **kwargs)
+
+
+def float64_logits(model: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
+    """The logits of a float64 copy of `model` (same weights, same inputs): what float32 rounding is judged by."""
+    reference = copy.deepcopy(model).to(torch.float64)
+    with torch.no_grad():
+        return reference(*args, **kwargs).logits
+
+
+def assert_parity(actual: torch.Tensor, expected: torch.Tensor, reference: torch.Tensor, rtol: float = RTOL) -> None:
+    """ScratchGPT's tensor `actual` equals GPT2LMHeadModel's `expected` (`assert_close_rel`, same tolerance), and each
+    is checked against `reference`, the float64 forward of the same weights, so that a failure names the side that
+    left float32 rounding instead of only reporting that the two disagree."""
+
+    def describe(message: str) -> str:
+        ours = (actual.double() - reference).abs()
+        theirs = (expected.double() - reference).abs()
+        gap = (actual - expected).abs()
+        where = tuple(int(i) for i in torch.nonzero(gap == gap.max())[0])
+        side = "ScratchGPT" if ours.max() > theirs.max() else "GPT2LMHeadModel"
+        return (
+            f"{message}\nagainst the float64 forward: max |ScratchGPT - float64| = {ours.max():.4g}, "
+            f"max |GPT2LMHeadModel - float64| = {theirs.max():.4g}; at {where}: ScratchGPT {actual[where]:.9g}, "
+            f"GPT2LMHeadModel {expected[where]:.9g}, float64 {reference[where]:.9g}. {side} is the one that deviates."
+        )
+
+    assert_close_rel(actual, expected, rtol=rtol, msg=describe)
+    assert_close_rel(actual.double(), reference, rtol=rtol, msg=describe)
 
 
 def left_padded_batch(lengths: list[int], vocab_size: int, pad_id: int = 0, seed: int = 0):
