@@ -7,7 +7,11 @@ Measures, in one run and one process per measurement kind:
 - training throughput (tokens/s, forward + backward + AdamW step) in float32 and in bf16 autocast, and the
   achieved FLOP/s as a fraction of the machine's matmul peak in the same dtype (measured here);
 - peak memory of one training step (each model in its own child process, so peaks do not mix);
-- greedy generation tokens/s (batch 1, with the KV cache) and its fraction of the memory-bandwidth floor;
+- greedy generation tokens/s (batch 1, with the KV cache; dynamic and static cache) and its fraction of the
+  memory-bandwidth floor measured in the same run;
+- bf16 decoding (both models cast) and int8 weight-only decoding of ours (transformers' TorchAoConfig; GPT-2's
+  Conv1D has no nn.Linear to quantize), with the held-out perplexity change against float32;
+- greedy tokens/s for 8 left-padded prompts and the time to first token of a 512-token prompt;
 - the OpenAI-checkpoint converter's time and peak memory (benchmarks/convert_openai.py), unless skipped.
 Prints a markdown table and writes the numbers as JSON. Both models get the same config (dropout off) and
 the same optimizer (AdamW, fused where the device supports it), so the ratios compare the models only.
@@ -186,25 +190,23 @@ def peak_step_memory(preset, device, batch, seq_len) -> dict[str, float]:
 # Greedy generation
 # ---------------------------------------------------------------------------------------------------------------------
 def generation_throughput(pair, device, new_tokens, prompt_len, repeats) -> dict[str, float]:
-    models = dict(zip(("gpt2", "ours"), pair))
-    prompt = torch.randint(0, pair[0].config.vocab_size, (1, prompt_len), device=device)
+    """Batch-1 greedy tokens/s with the KV cache: GPT-2 and ours with the default dynamic cache, and ours with
+    transformers' static cache (preallocated, no concatenation per step; not compiled)."""
+    gpt2, ours = pair
+    prompt = torch.randint(0, gpt2.config.vocab_size, (1, prompt_len), device=device)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    outputs = {}
-    for name, model in models.items():  # warm-up
-        outputs[name] = model.eval().generate(prompt, **kwargs)
-    # min_new_tokens = max_new_tokens: both always decode exactly `new_tokens` steps. On untouched identical
-    # weights the ids are equal too; recorded, not required (near-ties of a random model may flip on rounding).
-    greedy_ids_equal = torch.equal(outputs["gpt2"], outputs["ours"])
-    times = {name: [] for name in models}
-    with torch.no_grad():
-        for _ in range(repeats):
-            for name, model in models.items():
-                synchronize(device)
-                start = time.perf_counter()
-                model.generate(prompt, **kwargs)
-                synchronize(device)
-                times[name].append(time.perf_counter() - start)
-    return {**{name: new_tokens / min(t) for name, t in times.items()}, "greedy_ids_equal": greedy_ids_equal}
+    static = dict(kwargs, cache_implementation="static", disable_compile=True)
+    runs = {
+        "gpt2": lambda: gpt2.eval().generate(prompt, **kwargs),
+        "ours": lambda: ours.eval().generate(prompt, **kwargs),
+        "ours_static": lambda: ours.generate(prompt, **static),
+    }
+    # min_new_tokens = max_new_tokens: every run decodes exactly `new_tokens` steps. On identical weights the ids
+    # are equal too (tests/test_inference_speed.py holds that on small models); recorded here.
+    reference = gpt2.generate(prompt, **kwargs)
+    greedy_ids_equal = all(torch.equal(run(), reference) for name, run in runs.items() if name != "gpt2")
+    best = interleaved_best(device, runs, repeats)
+    return {**{name: new_tokens / seconds for name, seconds in best.items()}, "greedy_ids_equal": greedy_ids_equal}
 
 
 def timed(device: str, fn) -> float:
@@ -345,6 +347,10 @@ def markdown_table(r: dict) -> str:
         rows.append(
             f"| greedy generation tokens/s (batch 1, {r['generation_new_tokens']} new, cache) | {g['gpt2']:.1f} "
             f"| {g['ours']:.1f} | {g['ours'] / g['gpt2']:.2f}× |"
+        )
+        rows.append(
+            f"| — ScratchGPT with `cache_implementation=\"static\"` | | {g['ours_static']:.1f} "
+            f"| {g['ours_static'] / g['gpt2']:.2f}× |"
         )
         rows.append(
             f"| — fraction of the bandwidth floor ({g['floor_tokens_per_s']:.1f} tokens/s at "
