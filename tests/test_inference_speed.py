@@ -133,6 +133,22 @@ def test_generate_cli_dtype(tmp_path, capsys):
     assert bf16_text.startswith("abc")
 
 
+def test_pipeline_with_dtype_loads_bfloat16(tmp_path):
+    from transformers import GPT2TokenizerFast, pipeline
+
+    ours = hf_scratch_gpt.from_hf_gpt2(random_gpt2())
+    ours.save_pretrained(tmp_path)
+    vocab = {chr(ord("a") + i): i for i in range(26)}
+    vocab.update({f"t{i}": i for i in range(26, ours.config.vocab_size)})
+    GPT2TokenizerFast(vocab=vocab, merges=[]).save_pretrained(tmp_path)
+    generator = pipeline("text-generation", model=str(tmp_path), dtype=torch.bfloat16)
+    assert generator.model.dtype == torch.bfloat16
+    _assert_stored_transposed(generator.model)
+    expected = ours.to(torch.bfloat16).generate(torch.tensor([[0, 1, 2]]), max_new_tokens=4, do_sample=False)
+    out = generator("abc", max_new_tokens=4, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
+    assert list(out) == expected[0].tolist()
+
+
 def test_int8_weight_only_quantizes_every_linear(tmp_path):
     """transformers' TorchAoConfig int8 weight-only: every block nn.Linear quantized, logits within int8 rounding."""
     pytest.importorskip("torchao")
