@@ -84,6 +84,39 @@ def test_greedy_ids_and_step_logits_equal_gpt2(cache_implementation):
         assert_close_rel(ours_logits, gpt2_logits, msg=lambda m, step=step: f"step {step}: {m}")
 
 
+def test_static_cache_decode_step_captures_as_one_graph():
+    """What generate(cache_implementation="static") compiles: one decoding step with a StaticCache, traced by
+    dynamo with fullgraph=True (no data-dependent branch on the cache length), equal to the eager step."""
+    from transformers import StaticCache
+
+    ours = hf_scratch_gpt.from_hf_gpt2(random_gpt2(n_positions=40))
+    prompt = torch.randint(1, ours.config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(4))
+    results = []
+    for step_fn in (ours, torch.compile(ours, fullgraph=True, backend="eager")):
+        torch._dynamo.reset()
+        cache = StaticCache(config=ours.config, max_cache_len=16)
+        with torch.no_grad():
+            ours(prompt, past_key_values=cache, use_cache=True)
+            positions = torch.tensor([[prompt.size(1)]])
+            results.append(step_fn(prompt[:, -1:], past_key_values=cache, position_ids=positions, use_cache=True).logits)
+    assert_close_rel(results[1], results[0])
+
+
+@pytest.mark.slow
+def test_compiled_static_cache_generation_equals_gpt2():
+    """transformers' compiled decoding (static cache + torch.compile, inductor; a minute or more on 2 CPU cores)."""
+    from transformers import CompileConfig
+
+    gpt2 = random_gpt2(n_positions=40)
+    ours = hf_scratch_gpt.from_hf_gpt2(gpt2)
+    prompt = torch.randint(1, gpt2.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(1))
+    kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    compile_config = CompileConfig(fullgraph=True, mode="default")
+    compile_config._compile_all_devices = True  # transformers compiles on CUDA-like devices only by default
+    actual = ours.generate(prompt, cache_implementation="static", compile_config=compile_config, **kwargs)
+    torch.testing.assert_close(actual, gpt2.generate(prompt, **kwargs), rtol=0, atol=0)
+
+
 def test_left_padded_batch_greedy_ids_equal_gpt2():
     gpt2 = random_gpt2(n_positions=40)
     ours = hf_scratch_gpt.from_hf_gpt2(gpt2)
