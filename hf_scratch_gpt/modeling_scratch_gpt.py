@@ -359,6 +359,16 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         transposed storage of the tied head/embedding; that one matrix is copied contiguous for the save and
         stored transposed again afterwards (the files are the same either way: safetensors are written contiguous).
         """
+        if kwargs.get("state_dict") is not None:  # e.g. Accelerate's gathered state dict: views of our storage
+            copies: dict[tuple, torch.Tensor] = {}  # one contiguous copy per shared storage, so ties stay visible
+
+            def contiguous(tensor):
+                if not torch.is_tensor(tensor) or tensor.is_contiguous():
+                    return tensor
+                key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
+                return copies.setdefault(key, tensor.contiguous())
+
+            kwargs["state_dict"] = {name: contiguous(tensor) for name, tensor in kwargs["state_dict"].items()}
         seen, tied = set(), []
         for _, param in self.named_parameters(remove_duplicate=False):  # a tied Parameter: once per owner
             if id(param) in seen and not param.is_contiguous():

@@ -38,6 +38,20 @@ def test_weights_are_stored_transposed_in_every_construction_path(tmp_path):
     _assert_stored_transposed(model.to(torch.bfloat16))  # .to keeps strides
 
 
+def test_save_pretrained_with_an_explicit_state_dict(tmp_path):
+    """What the Accelerate loop does (`save_pretrained(dir, state_dict=accelerator.get_state_dict(model))`)."""
+    model = ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny")).eval()
+    model.save_pretrained(tmp_path, state_dict=model.state_dict())
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as saved:
+        assert "lm_head.weight" not in saved.keys()  # still recognised as tied to wte
+        torch.testing.assert_close(saved.get_tensor("transformer.h.0.attn.c_attn.weight"),
+                                   model.transformer.h[0].attn.c_attn.weight, rtol=0, atol=0)
+    reloaded = load_model(tmp_path)
+    input_ids = torch.randint(0, model.config.vocab_size, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids).logits, model(input_ids).logits, rtol=0, atol=0)
+
+
 def test_storage_changes_neither_state_dict_nor_saved_file(tmp_path):
     torch.manual_seed(0)
     model = ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny")).eval()
