@@ -309,8 +309,8 @@ def store_linear_weights_transposed(model: nn.Module) -> None:
     rows `nn.Linear` allocates (torch 2.13, 2 threads, all 124M-shape block weights: 18.5 vs 23.3 ms; the
     (50257, 768) head: 5.7 vs 11.4 ms). `F.linear` multiplies by `weight.t()`, which is then a contiguous (in, out)
     matrix, so it takes that kernel with no other change. The parameter keeps its name, shape (out, in) and values;
-    only its strides become (1, out): `state_dict` keys and shapes, `save_pretrained` (it writes contiguous copies)
-    and `from_hf_gpt2` are unchanged. The tied head shares its Parameter with `wte`, so the embedding is stored the
+    only its strides become (1, out): `state_dict` keys and shapes and `save_pretrained` (it writes contiguous
+    copies) are unchanged. `ScratchGPTForCausalLM.generate` calls this on a model in eval mode. The tied head shares its Parameter with `wte`, so the embedding is stored the
     same way (a row lookup of a few tokens does not mind the stride). Storage is swapped one matrix at a time: the
     model is never held twice. Quantized or distributed weights (tensor subclasses) and weights already laid out
     otherwise are left alone; the function is idempotent.
@@ -341,16 +341,6 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         "hidden_states": ScratchGPTBlock,
         "attentions": OutputRecorder(ScratchGPTAttention, index=1),
     }
-
-    def tie_weights(self, *args, **kwargs) -> None:
-        """Tie as transformers does, then store the weights for fast decoding (`store_linear_weights_transposed`).
-
-        transformers calls this at the end of `__init__` (`post_init`), at the end of `from_pretrained` (after it
-        has replaced every parameter with the loaded one) and after `resize_token_embeddings`: the points where a
-        parameter can be new.
-        """
-        super().tie_weights(*args, **kwargs)
-        store_linear_weights_transposed(self)
 
     def save_pretrained(self, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, with the tied weights made contiguous while it runs.
@@ -526,6 +516,17 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         self.transformer = ScratchGPTModel(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
+
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate`, with the weights first stored for fast decoding
+        (`store_linear_weights_transposed`, once; a model in training mode is left as it is).
+
+        Done here rather than at construction: training, `Trainer` and Accelerate checkpoints keep the contiguous
+        storage they expect (safetensors' shared-tensor check cannot read a transposed tied weight).
+        """
+        if not self.training:
+            store_linear_weights_transposed(self)
+        return super().generate(*args, **kwargs)
 
     @can_return_tuple
     def forward(

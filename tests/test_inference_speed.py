@@ -26,27 +26,35 @@ def _assert_stored_transposed(model):
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied
 
 
-def test_weights_are_stored_transposed_in_every_construction_path(tmp_path):
-    model = ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny")).eval()
-    _assert_stored_transposed(model)
+def _generate_once(model):
+    model.generate(torch.tensor([[1, 2]]), max_new_tokens=1, do_sample=False, pad_token_id=0)
+    return model
+
+
+def test_generate_stores_weights_transposed_in_every_loading_path(tmp_path):
+    model = ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny"))
+    _generate_once(model.train())  # training mode: left as constructed
+    assert all(weight.is_contiguous() for weight in _linear_weights(model).values())
+    _assert_stored_transposed(_generate_once(model.eval()))
     model.save_pretrained(tmp_path)
     _assert_stored_transposed(model)  # the save's contiguous copy of the tied weight is swapped back
     loaded = ScratchGPTForCausalLM.from_pretrained(tmp_path)
-    _assert_stored_transposed(loaded)
-    _assert_stored_transposed(load_model(tmp_path, dtype=torch.bfloat16))
-    _assert_stored_transposed(hf_scratch_gpt.from_hf_gpt2(random_gpt2()))
+    assert all(weight.is_contiguous() for weight in _linear_weights(loaded).values())  # training code sees nn.Linear's
+    _assert_stored_transposed(_generate_once(loaded))
+    _assert_stored_transposed(_generate_once(load_model(tmp_path, dtype=torch.bfloat16)))
+    _assert_stored_transposed(_generate_once(hf_scratch_gpt.from_hf_gpt2(random_gpt2())))
     _assert_stored_transposed(model.to(torch.bfloat16))  # .to keeps strides
 
 
 def test_save_pretrained_with_an_explicit_state_dict(tmp_path):
     """What the Accelerate loop does (`save_pretrained(dir, state_dict=accelerator.get_state_dict(model))`)."""
-    model = ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny")).eval()
+    model = _generate_once(ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny")).eval())
     model.save_pretrained(tmp_path, state_dict=model.state_dict())
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as saved:
         assert "lm_head.weight" not in saved.keys()  # still recognised as tied to wte
         torch.testing.assert_close(saved.get_tensor("transformer.h.0.attn.c_attn.weight"),
                                    model.transformer.h[0].attn.c_attn.weight, rtol=0, atol=0)
-    reloaded = load_model(tmp_path)
+    reloaded = _generate_once(load_model(tmp_path))  # same storage as `model`, so the sums are the same
     input_ids = torch.randint(0, model.config.vocab_size, (1, 5))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids).logits, model(input_ids).logits, rtol=0, atol=0)
@@ -54,7 +62,7 @@ def test_save_pretrained_with_an_explicit_state_dict(tmp_path):
 
 def test_storage_changes_neither_state_dict_nor_saved_file(tmp_path):
     torch.manual_seed(0)
-    model = ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny")).eval()
+    model = _generate_once(ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny")).eval())
     contiguous = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     model.save_pretrained(tmp_path)
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as saved:
@@ -70,9 +78,8 @@ def test_storage_changes_neither_state_dict_nor_saved_file(tmp_path):
 def test_transposed_storage_gives_the_same_logits_as_contiguous():
     model = hf_scratch_gpt.from_hf_gpt2(random_gpt2())
     contiguous = hf_scratch_gpt.from_hf_gpt2(random_gpt2())
-    with torch.no_grad():
-        for weight in _linear_weights(contiguous).values():
-            weight.data = weight.data.contiguous()
+    store_linear_weights_transposed(model)
+    assert all(weight.is_contiguous() for weight in _linear_weights(contiguous).values())
     input_ids = torch.randint(0, model.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert_close_rel(model(input_ids).logits, contiguous(input_ids).logits)
@@ -190,7 +197,7 @@ def test_pipeline_with_dtype_loads_bfloat16(tmp_path):
     GPT2TokenizerFast(vocab=vocab, merges=[]).save_pretrained(tmp_path)
     generator = pipeline("text-generation", model=str(tmp_path), dtype=torch.bfloat16)
     assert generator.model.dtype == torch.bfloat16
-    _assert_stored_transposed(generator.model)
+    _assert_stored_transposed(_generate_once(generator.model))
     expected = ours.to(torch.bfloat16).generate(torch.tensor([[0, 1, 2]]), max_new_tokens=4, do_sample=False)
     out = generator("abc", max_new_tokens=4, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
     assert list(out) == expected[0].tolist()
