@@ -213,7 +213,7 @@ def _add_generate(subparsers) -> None:
     parser.add_argument("--revision", default=None, help="Hub revision when MODEL is a repo id")
     parser.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-        help="load the weights in this dtype (default: the checkpoint's); bfloat16 decodes faster on most CPUs",
+        help="load the weights in this dtype (default: the checkpoint's); bfloat16 halves the bytes read per token",
     )
     parser.set_defaults(handler=_generate)
 
