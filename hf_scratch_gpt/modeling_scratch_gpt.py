@@ -370,7 +370,9 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         try:
             return super().save_pretrained(*args, **kwargs)
         finally:
-            store_linear_weights_transposed(self)
+            with torch.no_grad():
+                for param in tied:  # only what was changed above: a training model's storage is left as it is
+                    param.data = param.data.t().contiguous().t()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

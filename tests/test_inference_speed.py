@@ -46,6 +46,14 @@ def test_generate_stores_weights_transposed_in_every_loading_path(tmp_path):
     _assert_stored_transposed(model.to(torch.bfloat16))  # .to keeps strides
 
 
+def test_save_pretrained_leaves_a_contiguous_model_contiguous(tmp_path):
+    """Trainer saves checkpoints mid-training: saving must not change a training model's storage."""
+    model = ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny"))
+    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path / "again", state_dict=model.state_dict())
+    assert all(weight.is_contiguous() for weight in _linear_weights(model).values())
+
+
 def test_save_pretrained_with_an_explicit_state_dict(tmp_path):
     """What the Accelerate loop does (`save_pretrained(dir, state_dict=accelerator.get_state_dict(model))`)."""
     model = _generate_once(ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny")).eval())
