@@ -7,20 +7,27 @@ Measures, in one run and one process per measurement kind:
 - training throughput (tokens/s, forward + backward + AdamW step) in float32 and in bf16 autocast, and the
   achieved FLOP/s as a fraction of the machine's matmul peak in the same dtype (measured here);
 - peak memory of one training step (each model in its own child process, so peaks do not mix);
-- greedy generation tokens/s (batch 1, with the KV cache) and its fraction of the memory-bandwidth floor;
+- greedy generation tokens/s (batch 1, with the KV cache; dynamic and static cache) and its fraction of the
+  memory-bandwidth floor measured in the same run;
+- bf16 decoding (both models cast) and int8 weight-only decoding of ours (transformers' TorchAoConfig; GPT-2's
+  Conv1D has no nn.Linear to quantize), with the held-out perplexity change against float32;
+- greedy tokens/s for 8 left-padded prompts and the time to first token of a 512-token prompt;
 - the OpenAI-checkpoint converter's time and peak memory (benchmarks/convert_openai.py), unless skipped.
 Prints a markdown table and writes the numbers as JSON. Both models get the same config (dropout off) and
 the same optimizer (AdamW, fused where the device supports it), so the ratios compare the models only.
 """
 
 import argparse
+import copy
 import gc
 import json
+import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -183,25 +190,123 @@ def peak_step_memory(preset, device, batch, seq_len) -> dict[str, float]:
 # Greedy generation
 # ---------------------------------------------------------------------------------------------------------------------
 def generation_throughput(pair, device, new_tokens, prompt_len, repeats) -> dict[str, float]:
-    models = dict(zip(("gpt2", "ours"), pair))
-    prompt = torch.randint(0, pair[0].config.vocab_size, (1, prompt_len), device=device)
+    """Batch-1 greedy tokens/s with the KV cache: GPT-2 and ours with the default dynamic cache, and ours with
+    transformers' static cache (preallocated, no concatenation per step; not compiled)."""
+    gpt2, ours = pair
+    prompt = torch.randint(0, gpt2.config.vocab_size, (1, prompt_len), device=device)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    outputs = {}
-    for name, model in models.items():  # warm-up
-        outputs[name] = model.eval().generate(prompt, **kwargs)
-    # min_new_tokens = max_new_tokens: both always decode exactly `new_tokens` steps. On untouched identical
-    # weights the ids are equal too; recorded, not required (near-ties of a random model may flip on rounding).
-    greedy_ids_equal = torch.equal(outputs["gpt2"], outputs["ours"])
-    times = {name: [] for name in models}
+    static = dict(kwargs, cache_implementation="static", disable_compile=True)
+    runs = {
+        "gpt2": lambda: gpt2.eval().generate(prompt, **kwargs),
+        "ours": lambda: ours.eval().generate(prompt, **kwargs),
+        "ours_static": lambda: ours.generate(prompt, **static),
+    }
+    # min_new_tokens = max_new_tokens: every run decodes exactly `new_tokens` steps. On identical weights the ids
+    # are equal too (tests/test_inference_speed.py holds that on small models); recorded here.
+    reference = gpt2.generate(prompt, **kwargs)
+    greedy_ids_equal = all(torch.equal(run(), reference) for name, run in runs.items() if name != "gpt2")
+    best = interleaved_best(device, runs, repeats)
+    return {**{name: new_tokens / seconds for name, seconds in best.items()}, "greedy_ids_equal": greedy_ids_equal}
+
+
+def timed(device: str, fn) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved_best(device: str, runs: dict, repeats: int) -> dict[str, float]:
+    """Best seconds of each named zero-argument callable, run in rounds (A B C A B C …) so that changes in machine
+    load hit all of them alike. Each is run once first (warm-up)."""
+    for fn in runs.values():
+        fn()
+    times = {name: [] for name in runs}
     with torch.no_grad():
         for _ in range(repeats):
-            for name, model in models.items():
-                synchronize(device)
-                start = time.perf_counter()
-                model.generate(prompt, **kwargs)
-                synchronize(device)
-                times[name].append(time.perf_counter() - start)
-    return {**{name: new_tokens / min(t) for name, t in times.items()}, "greedy_ids_equal": greedy_ids_equal}
+            for name, fn in runs.items():
+                times[name].append(timed(device, fn))
+    return {name: min(t) for name, t in times.items()}
+
+
+def held_out_perplexity(model, input_ids: torch.Tensor) -> float:
+    """exp(mean next-token NLL) of `model` on `input_ids` (B, T), float32 loss whatever the weights' dtype."""
+    with torch.no_grad():
+        return math.exp(model(input_ids, labels=input_ids, use_cache=False).loss.item())
+
+
+def quantize_int8(ours: torch.nn.Module):
+    """ScratchGPT through transformers' TorchAoConfig int8 weight-only (saved and reloaded, as a user would);
+    returns (model, None) or (None, reason)."""
+    try:
+        from hf_scratch_gpt.loading import int8_weight_only_config, load_model
+
+        config = int8_weight_only_config()
+        with tempfile.TemporaryDirectory() as folder:
+            ours.save_pretrained(folder)
+            return load_model(folder, quantization_config=config), None
+    except Exception as error:  # report why, in the table, instead of stopping the benchmark
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+
+
+def dtype_and_quant_decoding(pair, device, new_tokens, prompt_len, repeats, eval_ids) -> dict:
+    """bf16 decoding of both models and int8 weight-only decoding of ours, each side by side with GPT-2 in fp32,
+    with the held-out perplexity of each against the fp32 model's (same eval tokens)."""
+    gpt2, ours = pair
+    prompt = torch.randint(0, gpt2.config.vocab_size, (1, prompt_len), device=device,
+                           generator=torch.Generator(device).manual_seed(1))
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    gpt2_bf16, ours_bf16 = copy.deepcopy(gpt2).to(torch.bfloat16), copy.deepcopy(ours).to(torch.bfloat16)
+    ours_int8, int8_reason = quantize_int8(ours) if device == "cpu" else (None, "benchmarked on CPU only")
+    runs = {
+        "gpt2": lambda: gpt2.generate(prompt, **kwargs),
+        "gpt2_bf16": lambda: gpt2_bf16.generate(prompt, **kwargs),
+        "ours_bf16": lambda: ours_bf16.generate(prompt, **kwargs),
+    }
+    if ours_int8 is not None:
+        runs["ours_int8"] = lambda: ours_int8.generate(prompt, **kwargs)
+    best = interleaved_best(device, runs, repeats)
+    result = {name: new_tokens / seconds for name, seconds in best.items()}
+    reference = ours.generate(prompt, **kwargs)
+    perplexity = {"fp32": held_out_perplexity(ours, eval_ids), "bf16": held_out_perplexity(ours_bf16, eval_ids)}
+    result["bf16_ids_equal_fp32"] = torch.equal(ours_bf16.generate(prompt, **kwargs), reference)
+    if ours_int8 is not None:
+        perplexity["int8"] = held_out_perplexity(ours_int8, eval_ids)
+        result["int8_ids_equal_fp32"] = torch.equal(ours_int8.generate(prompt, **kwargs), reference)
+    result["perplexity"] = perplexity
+    result["int8_reason"] = int8_reason
+    return result
+
+
+def batched_and_prefill(pair, device, new_tokens, prefill_len, repeats, batch: int = 8) -> dict:
+    """Tokens/s generating for `batch` left-padded prompts of 4–16 tokens, and the time to the first token of a
+    `prefill_len`-token prompt (one forward over the prompt plus the first greedy step), both models."""
+    vocab = pair[0].config.vocab_size
+    generator = torch.Generator().manual_seed(2)
+    lengths = torch.randint(4, 17, (batch,), generator=generator).tolist()
+    width = max(lengths)
+    input_ids = torch.zeros((batch, width), dtype=torch.long)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    for row, length in enumerate(lengths):  # left padding, as generate() expects for decoder-only models
+        input_ids[row, width - length:] = torch.randint(1, vocab, (length,), generator=generator)
+        attention_mask[row, width - length:] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    long_prompt = torch.randint(0, vocab, (1, prefill_len), generator=generator).to(device)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    first = dict(max_new_tokens=1, do_sample=False, pad_token_id=0)
+    runs = {}
+    for name, model in zip(("gpt2", "ours"), pair):
+        runs[f"batch_{name}"] = lambda m=model: m.generate(input_ids, attention_mask=attention_mask, **kwargs)
+        runs[f"prefill_{name}"] = lambda m=model: m.generate(long_prompt, **first)
+    best = interleaved_best(device, runs, repeats)
+    outputs = [m.generate(input_ids, attention_mask=attention_mask, **kwargs) for m in pair]
+    return {
+        "batch": batch, "prompt_lengths": lengths, "prefill_len": prefill_len,
+        "batch_tokens_per_s": {n: batch * new_tokens / best[f"batch_{n}"] for n in ("gpt2", "ours")},
+        "ttft_s": {n: best[f"prefill_{n}"] for n in ("gpt2", "ours")},
+        "batch_ids_equal": torch.equal(*outputs),
+    }
 
 
 def weight_bytes_per_token(model) -> int:
@@ -244,10 +349,39 @@ def markdown_table(r: dict) -> str:
             f"| {g['ours']:.1f} | {g['ours'] / g['gpt2']:.2f}× |"
         )
         rows.append(
+            f"| — ScratchGPT with `cache_implementation=\"static\"` | | {g['ours_static']:.1f} "
+            f"| {g['ours_static'] / g['gpt2']:.2f}× |"
+        )
+        rows.append(
             f"| — fraction of the bandwidth floor ({g['floor_tokens_per_s']:.1f} tokens/s at "
             f"{r['read_bandwidth'] / 1e9:.1f} GB/s) | {g['gpt2'] / g['floor_tokens_per_s']:.1%} "
             f"| {g['ours'] / g['floor_tokens_per_s']:.1%} | |"
         )
+    if "low_precision" in r:
+        q, gpt2_fp32 = r["low_precision"], r["low_precision"]["gpt2"]
+        ppl = q["perplexity"]
+        rows.append(
+            f"| greedy tokens/s, bf16 weights (batch 1) | {q['gpt2_bf16']:.1f} | {q['ours_bf16']:.1f} "
+            f"| {q['ours_bf16'] / q['gpt2_bf16']:.2f}× ({q['ours_bf16'] / gpt2_fp32:.2f}× GPT-2 fp32) |"
+        )
+        rows.append(f"| — held-out perplexity, bf16 vs fp32 ({r['preset']} shape, random weights) | | "
+                    f"{ppl['bf16']:.2f} vs {ppl['fp32']:.2f} | {ppl['bf16'] / ppl['fp32'] - 1:+.3%} |")
+        if "ours_int8" in q:
+            rows.append(
+                f"| greedy tokens/s, int8 weight-only (TorchAoConfig, batch 1) | n/a (Conv1D, no nn.Linear) "
+                f"| {q['ours_int8']:.1f} | {q['ours_int8'] / gpt2_fp32:.2f}× GPT-2 fp32 |"
+            )
+            rows.append(f"| — held-out perplexity, int8 vs fp32 | | {ppl['int8']:.2f} vs {ppl['fp32']:.2f} "
+                        f"| {ppl['int8'] / ppl['fp32'] - 1:+.3%} |")
+        else:
+            rows.append(f"| int8 weight-only (TorchAoConfig) | | not run: {q['int8_reason']} | |")
+    if "batched" in r:
+        b = r["batched"]
+        t, f = b["batch_tokens_per_s"], b["ttft_s"]
+        rows.append(f"| greedy tokens/s, batch {b['batch']} left-padded ({r['generation_new_tokens']} new each) "
+                    f"| {t['gpt2']:.1f} | {t['ours']:.1f} | {t['ours'] / t['gpt2']:.2f}× |")
+        rows.append(f"| time to first token, {b['prefill_len']}-token prompt | {f['gpt2'] * 1e3:.0f} ms "
+                    f"| {f['ours'] * 1e3:.0f} ms | {f['gpt2'] / f['ours']:.2f}× faster |")
     if "converter" in r:
         c = r["converter"]
         rows.append(
@@ -269,8 +403,9 @@ def main(argv=None) -> int:
     parser.add_argument("--gen-new-tokens", type=int, default=128)
     parser.add_argument("--gen-prompt", type=int, default=16)
     parser.add_argument("--gen-repeats", type=int, default=3)
+    parser.add_argument("--prefill", type=int, default=512, help="prompt length for the time-to-first-token row")
     parser.add_argument("--convert-size", default="124M", help="OpenAI size for the converter benchmark")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "bf16", "memory", "generation", "convert"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "bf16", "memory", "generation", "lowprec", "batch", "convert"])
     parser.add_argument("--out", default=str(HERE / "results.json"))
     parser.add_argument("--memory-child", choices=["gpt2", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -294,6 +429,16 @@ def main(argv=None) -> int:
         g["floor_tokens_per_s"] = r["read_bandwidth"] / weight_bytes_per_token(pair[1])
         r["generation"], r["generation_new_tokens"] = g, args.gen_new_tokens
         print(f"generation: {g}", file=sys.stderr)
+    if "lowprec" not in args.skip:
+        eval_len = min(256, pair[0].config.n_positions)
+        eval_ids = torch.randint(0, pair[0].config.vocab_size, (2, eval_len), generator=torch.Generator().manual_seed(3))
+        r["low_precision"] = dtype_and_quant_decoding(
+            pair, args.device, args.gen_new_tokens, args.gen_prompt, args.gen_repeats, eval_ids.to(args.device)
+        )
+        print(f"low precision: {r['low_precision']}", file=sys.stderr)
+    if "batch" not in args.skip:
+        r["batched"] = batched_and_prefill(pair, args.device, args.gen_new_tokens, args.prefill, args.gen_repeats)
+        print(f"batched: {r['batched']}", file=sys.stderr)
     if "train" not in args.skip:
         r["train_shape"] = f"{args.train_batch}×{args.train_seq}"
         per_token = flops_per_token(pair[1], args.train_seq)

@@ -259,7 +259,7 @@ def _generate(args: argparse.Namespace) -> int:
     from .loading import load_model, load_tokenizer
 
     with _no_weight_loading_bar():
-        model = load_model(args.model, revision=args.revision)
+        model = load_model(args.model, revision=args.revision, dtype=args.dtype)
         tokenizer = load_tokenizer(args.model, revision=args.revision)
     generation_config = build_generation_config(
         model,
@@ -305,6 +305,10 @@ def _add_generate(subparsers) -> None:
         help="for each generated position, print the K most likely next tokens: softmax of the raw logits",
     )
     parser.add_argument("--revision", default=None, help="Hub revision when MODEL is a repo id")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+        help="load the weights in this dtype (default: the checkpoint's); bfloat16 halves the bytes read per token",
+    )
     parser.set_defaults(handler=_generate)
 
 
