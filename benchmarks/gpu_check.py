@@ -373,7 +373,7 @@ def check_accelerate_loop(plan: Plan, workdir: Path) -> list[dict]:
     return [row(f"Accelerate loop, {plan.loop_steps} steps ({plan.loop_mixed_precision}), {plan.device}",
                 "pass" if ok else "fail",
                 f"loss {losses[0]:.3f} → {losses[-1]:.3f}, eval perplexity {result['eval_perplexity']:.1f}, "
-                f"{result['tokens_seen'] / seconds:.0f} tokens/s over {seconds:.1f} s (data and tokenizer included)",
+                f"{result['num_input_tokens_seen'] / seconds:.0f} tokens/s over {seconds:.1f} s (data and tokenizer included)",
                 first_loss=losses[0], last_loss=losses[-1], eval_perplexity=result["eval_perplexity"],
                 seconds=seconds)]  # fmt: skip
 

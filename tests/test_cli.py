@@ -84,7 +84,7 @@ def test_bad_jsonl_line_through_the_installed_command(model_folder, tmp_path):
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 1
-    assert_one_line_error(result.returncode, result.stderr, "row 1")
+    assert_one_line_error(result.returncode, result.stderr, "bad.jsonl", "line 2")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

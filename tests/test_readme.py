@@ -39,6 +39,8 @@ NOT_RUN = {
     ".venv/bin/python benchmarks/compare_gpt2.py --device cuda --preset 355M --train-batch 16 --train-seq 1024":
         "needs a CUDA GPU",
     ".venv/bin/python benchmarks/compare_gpt2.py --skip memory convert": "benchmark: several minutes on 2 cores",
+    ".venv/bin/python benchmarks/compare_gpt2.py --skip train memory convert --gen-new-tokens 64 "
+    "--out benchmarks/results_inference.json": "benchmark: about 3 minutes on 2 cores (the decoding rows)",
     "hf-scratch-gpt push runs/demo you/my-gpt --private": "network: uploads to the Hugging Face Hub",
     "hf-scratch-gpt download-openai 124M gpt2-124M-tf": "network: downloads OpenAI's checkpoint (STAND_INS has one)",
 }

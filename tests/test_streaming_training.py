@@ -2,6 +2,7 @@
 reaches the same losses as an uninterrupted one."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,8 @@ class StopAfter(TrainerCallback):
 
 def test_trainer_streams_and_resumes_to_the_same_losses(tmp_path, corpus_file, tokenizer_dir):
     full = train_with_trainer(*streaming_trainer_args(tmp_path / "full", corpus_file, tokenizer_dir))
-    assert full["global_step"] == 6 and full["eval_loss"] == pytest.approx(full["eval_nll"], rel=1e-5)
-    assert full["tokens_seen"] == 6 * 4 * 32  # full blocks of n_positions=32 tokens, no padding
+    assert full["global_step"] == 6 and full["eval_perplexity"] == pytest.approx(math.exp(full["eval_loss"]), rel=1e-6)
+    assert full["num_input_tokens_seen"] == 6 * 4 * 32  # full blocks of n_positions=32 tokens, no padding
     args = streaming_trainer_args(tmp_path / "resumed", corpus_file, tokenizer_dir)
     assert train_with_trainer(*args, callbacks=[StopAfter(3)])["global_step"] == 3
     resumed = train_with_trainer(
@@ -73,7 +74,7 @@ def loop_flags(output_dir, corpus_file, tokenizer_dir, **overrides):
 
 def test_accelerate_loop_streams_and_resumes_to_the_same_losses(tmp_path, corpus_file, tokenizer_dir):
     full = train_with_accelerate(*parse_loop_arguments(loop_flags(tmp_path / "full", corpus_file, tokenizer_dir)))
-    assert full["global_step"] == 6 and full["tokens_seen"] == 6 * 4 * 32
+    assert full["global_step"] == 6 and full["num_input_tokens_seen"] == 6 * 4 * 32
     (tmp_path / "resumed").mkdir()
     import shutil
 

@@ -234,7 +234,10 @@ def eval_protocol(data_args: DataArguments, train_dataset, eval_dataset) -> str:
     """How `eval_loss`/`eval_perplexity` were measured, in words (for metrics.json, the plot and model cards)."""
     if data_args.prompt_column is not None:
         return "completion tokens of held-out prompt/completion pairs"
-    block_size = len(eval_dataset[0]["input_ids"]) if len(eval_dataset) else len(train_dataset[0]["input_ids"])
+    if not hasattr(eval_dataset, "__len__"):  # a stream (IterableDataset): every block has the same length
+        block_size = len(next(iter(eval_dataset))["input_ids"])
+    else:
+        block_size = len(eval_dataset[0]["input_ids"]) if len(eval_dataset) else len(train_dataset[0]["input_ids"])
     return f"{block_size}-token blocks across document boundaries"
 
 
