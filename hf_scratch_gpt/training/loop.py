@@ -28,8 +28,9 @@ import math
 import shutil
 import sys
 from contextlib import contextmanager, nullcontext
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -178,15 +179,17 @@ def evaluate_loss(model, dataloader, accelerator: Accelerator) -> dict[str, floa
     return {"eval_loss": loss, "eval_perplexity": math.exp(loss), "eval_tokens": int(tokens.item())}
 
 
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loop_state: dict) -> Path:
-    """Every process writes into a staging folder; the main process renames it to `checkpoint-N` once complete."""
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loop_state: dict,
+                     write_state: Callable[[Path], None]) -> Path:  # fmt: skip
+    """Every process writes into a staging folder (`write_state(folder)`: Accelerate's `save_state`, or each
+    process's FSDP shard); the main process adds the loop state and renames it to `checkpoint-N` once complete."""
     name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
     staging = output_dir / f"{STAGING_PREFIX}{name}"
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)  # before the other processes write their RNG states into it
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging), safe_serialization=True)  # model.safetensors, optimizer, RNG per process
+    write_state(staging)
     if accelerator.is_main_process:
         (staging / LOOP_STATE_NAME).write_text(json.dumps(loop_state, indent=2), encoding="utf-8")
     accelerator.wait_for_everyone()
@@ -194,6 +197,10 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loop
         publish_directory(staging, output_dir / name)
     accelerator.wait_for_everyone()
     return output_dir / name
+
+
+def _save_accelerate_state(accelerator: Accelerator, folder: Path) -> None:
+    accelerator.save_state(str(folder), safe_serialization=True)
 
 
 def _fsdp_options(loop_args: LoopArguments) -> FSDPOptions | None:
@@ -219,25 +226,6 @@ def _no_gradient_sync(model, accelerator: Accelerator):
             model.set_requires_gradient_sync(True)
 
     return paused()
-
-
-def _save_sharded_checkpoint(model, optimizer, scheduler, accelerator: Accelerator, output_dir: Path, step: int,
-                             loop_state: dict) -> Path:  # fmt: skip
-    """FSDP: each process writes its shard into the staging folder; the main process publishes `checkpoint-N`."""
-    name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
-    staging = output_dir / f"{STAGING_PREFIX}{name}"
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    save_sharded_checkpoint(model, optimizer, scheduler, staging)
-    if accelerator.is_main_process:
-        (staging / LOOP_STATE_NAME).write_text(json.dumps(loop_state, indent=2), encoding="utf-8")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        publish_directory(staging, output_dir / name)
-    accelerator.wait_for_everyone()
-    return output_dir / name
 
 
 def train_with_accelerate(
@@ -376,10 +364,11 @@ def train_with_accelerate(
             if step % loop_args.save_steps == 0:
                 loop_state = {"step": step, "tokens_seen": tokens_seen, "history": history,
                               "scheduler": scheduler.state_dict()}  # fmt: skip
-                if fsdp_options is not None:
-                    _save_sharded_checkpoint(model, optimizer, scheduler, accelerator, output_dir, step, loop_state)
-                else:
-                    _save_checkpoint(accelerator, output_dir, step, loop_state)
+                if fsdp_options is not None:  # each process its own shard: safetensors + JSON, no pickle
+                    write_state = partial(save_sharded_checkpoint, model, optimizer, scheduler)
+                else:  # model.safetensors, optimizer, RNG per process
+                    write_state = partial(_save_accelerate_state, accelerator)
+                _save_checkpoint(accelerator, output_dir, step, loop_state, write_state)
             if step >= loop_args.max_steps:
                 break
     progress.close()
