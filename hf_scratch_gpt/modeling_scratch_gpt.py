@@ -5,7 +5,8 @@ Module names match OpenAI's GPT-2 checkpoints and transformers' `GPT2LMHeadModel
 `ln_1`, `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp.c_fc`, `mlp.c_proj`, `ln_f`), so importing weights is a name map
 plus one transpose (GPT-2 stores Conv1D weights as (in, out); we use `nn.Linear`, (out, in)).
 
-This file ships to the Hub as custom code: it imports only torch, transformers and its sibling configuration file.
+This file ships to the Hub as custom code: it imports only torch, transformers (and safetensors, a dependency of
+transformers) and its sibling configuration file.
 """
 
 
