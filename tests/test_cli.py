@@ -4,6 +4,7 @@ listed by `train --help`, options checked before any work starts, and quiet outp
 import json
 import math
 import runpy
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from saved_models import save_tiny_model_folder
 
 import hf_scratch_gpt
+import hf_scratch_gpt_cli
 from hf_scratch_gpt import cli
 from hf_scratch_gpt.cli import main
 
@@ -212,6 +214,54 @@ def test_every_example_answers_help(script, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert exit_.value.code == 0
     assert out.startswith(f"usage: {script}") and len(out.splitlines()) < 50, out
+
+
+HEAVY_MODULES = ("torch", "transformers", "datasets", "numpy", "hf_scratch_gpt")
+
+
+def test_help_and_usage_mistakes_import_nothing_heavy():
+    """`--help` of the command and of every subcommand but `train`, and a refused flag, answer from the standard
+    library alone (milliseconds): the package import, which loads torch and transformers, is the handler's."""
+    script = """
+import argparse, json, sys
+import hf_scratch_gpt_cli as cli
+(subcommands,) = [a.choices for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+runs = [["--help"], ["generate", "model", "--bogus"], ["download-openai", "9B", "out"], ["card", "m", "--kind", "x"]]
+runs += [[name, "--help"] for name in subcommands if name != "train"]
+for argv in runs:
+    try:
+        cli.main(argv)
+    except SystemExit:
+        pass
+print(json.dumps({"heavy": sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY)), "subcommands": list(subcommands)}))
+""".replace("HEAVY", repr(HEAVY_MODULES))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["heavy"] == [], report
+    assert {"demo", "train", "evaluate", "generate", "card", "push", "download-openai"} <= set(report["subcommands"])
+
+
+def test_the_installed_command_is_the_light_module():
+    """pyproject's console script is `hf_scratch_gpt_cli:main`, and `python -m hf_scratch_gpt.cli` runs the same."""
+    pyproject = (EXAMPLES.parent / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'hf-scratch-gpt = "hf_scratch_gpt_cli:main"' in pyproject
+    assert cli.main is hf_scratch_gpt_cli.main
+
+
+def test_values_the_parser_repeats_agree_with_the_package(capsys):
+    from hf_scratch_gpt.demo import DemoOptions
+    from hf_scratch_gpt.hub import CARD_TEMPLATES
+    from hf_scratch_gpt.openai.download import OPENAI_BASE_URL, OPENAI_SIZES
+
+    assert hf_scratch_gpt_cli.OPENAI_SIZES == OPENAI_SIZES
+    assert hf_scratch_gpt_cli.OPENAI_BASE_URL == OPENAI_BASE_URL
+    assert hf_scratch_gpt_cli.CARD_KINDS == tuple(sorted(CARD_TEMPLATES))
+    code, out, _ = run_cli(["demo", "--help"], capsys)
+    assert code == 0
+    text, defaults = " ".join(out.split()), DemoOptions()
+    for shown in (f"(default: {defaults.output_dir})", f"'{defaults.dataset}' (the default", f"(default: {defaults.preset})",
+                  f"(default: {defaults.max_minutes:g})"):  # fmt: skip
+        assert shown in text, shown
 
 
 # ---------------------------------------------------------------------------------------------------------------------

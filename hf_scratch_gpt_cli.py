@@ -1,0 +1,449 @@
+"""`hf-scratch-gpt` command line: each subcommand parses its arguments and calls one library function.
+
+A mistake in the input (a missing folder, a bad flag value, a file that is not UTF-8, no network) ends in one line
+`hf-scratch-gpt: error: ...` on stderr and exit code 1; `--debug` or HF_SCRATCH_GPT_DEBUG=1 shows the traceback.
+
+This module lives outside the `hf_scratch_gpt` package on purpose: importing the package registers its classes with
+transformers' Auto classes, which loads torch and transformers (seconds). Building the parser imports nothing but the
+standard library, so `--help`, every subcommand's `--help` except `train`'s (which lists the dataclass flags of
+transformers' `TrainingArguments`) and usage mistakes answer at once; each handler imports what it needs from the
+package. The few values the parser shows that the package also defines (checkpoint sizes, card kinds) are written
+here once more, and a test checks that both agree. `python -m hf_scratch_gpt.cli` runs the same command line.
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+PROG = "hf-scratch-gpt"
+# The package's own values, repeated so that building the parser imports nothing (tests/test_cli.py checks they agree):
+# hf_scratch_gpt.openai.download.OPENAI_SIZES / OPENAI_BASE_URL and hf_scratch_gpt.hub.CARD_TEMPLATES.
+OPENAI_SIZES = ("124M", "355M", "774M", "1558M")
+OPENAI_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
+CARD_KINDS = ("fine_tuned", "openai_checkpoint", "trained_from_scratch")
+DEBUG_ENVIRONMENT_VARIABLE = "HF_SCRATCH_GPT_DEBUG"
+# Errors that a user's input or environment causes; their messages name the file, value or flag, so the CLI prints
+# the message alone. ValueError includes json.JSONDecodeError, UnicodeDecodeError and pyarrow's ArrowInvalid;
+# OSError includes FileNotFoundError, the downloader's DownloadError and huggingface_hub's HTTP errors; ImportError
+# is a missing optional dependency (TensorFlow for convert-openai). Anything else is a bug: it keeps its traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
+# Library errors of the same kind, as (module, class) so that checking for them imports nothing: an error can only
+# be of a class whose module is already loaded.
+EXPECTED_LIBRARY_ERRORS = (
+    ("datasets.exceptions", "DatasetsError"),  # e.g. DatasetGenerationError for a bad .jsonl line
+    ("safetensors", "SafetensorError"),
+    ("hf_scratch_gpt.training.components", "NonFiniteLossError"),
+)
+# Errors whose own message only says that something failed ("An error occurred while generating the dataset"); the
+# one line adds their cause, which says what (e.g. "JSON parse error: ... in row 1").
+WRAPPING_LIBRARY_ERRORS = (("datasets.exceptions", "DatasetGenerationError"),)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with a usage mistake reported in one line (argparse prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type` for integers >= minimum, whose refusal says what was expected."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _device(text: str) -> str:
+    """A torch device this machine has ('cpu', 'cuda', 'cuda:1', 'mps'), checked before any model is loaded."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device name ({error})") from None
+    available = {
+        "cpu": lambda: True,
+        "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+        "mps": lambda: torch.backends.mps.is_available(),
+    }
+    if not available.get(device.type, lambda: False)():
+        raise argparse.ArgumentTypeError(f"device {text!r} is not available on this machine (try cpu)")
+    return text
+
+
+@contextmanager
+def _no_weight_loading_bar():
+    """No "Loading weights" progress bar while a saved folder loads: it takes a moment, the bar is noise."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    from hf_scratch_gpt.smoke import smoke_run
+
+    print(json.dumps(smoke_run(args.text, seed=args.seed), indent=2))
+    return 0
+
+
+def _add_smoke(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "smoke", help="build the tiny model, compute loss and perplexity of a sentence (no downloads)"
+    )
+    parser.add_argument("--text", default="The quick brown fox jumps over the lazy dog.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_smoke)
+
+
+def _download_openai(args: argparse.Namespace) -> int:
+    from hf_scratch_gpt.openai.download import download_openai_checkpoint
+
+    for path in download_openai_checkpoint(args.size, args.dir, base_url=args.base_url, retries=args.retries):
+        print(path)
+    return 0
+
+
+def _add_download_openai(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "download-openai", help="download one of OpenAI's GPT-2 TensorFlow checkpoints (resumable)"
+    )
+    parser.add_argument("size", choices=OPENAI_SIZES)
+    parser.add_argument("dir", help="folder to download the seven checkpoint files into")
+    parser.add_argument("--base-url", default=OPENAI_BASE_URL,
+                        help="folder URL holding one subfolder per size (default: OpenAI's public storage)")
+    parser.add_argument("--retries", type=_non_negative_int, default=5,
+                        help="retries per file after a cut connection, a timeout or a 5xx (an unreachable host: 1)")
+    parser.set_defaults(handler=_download_openai)
+
+
+def _convert_openai(args: argparse.Namespace) -> int:
+    from hf_scratch_gpt.openai.convert import convert_openai_checkpoint
+
+    report = convert_openai_checkpoint(
+        args.ckpt_dir, args.out_dir, dtype=args.dtype, max_shard_size=args.max_shard_size,
+        overwrite=args.overwrite, verify=not args.no_verify,
+    )
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def _add_convert_openai(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert-openai", help="convert an OpenAI GPT-2 TF checkpoint folder into a from_pretrained folder"
+    )
+    parser.add_argument("ckpt_dir")
+    parser.add_argument("out_dir")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--max-shard-size", default="5GB", help="e.g. 2GB, 500MB; larger outputs are sharded")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    parser.add_argument("--no-verify", action="store_true", help="skip the logits check against the reference")
+    parser.set_defaults(handler=_convert_openai)
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.loop == "accelerate":
+        from hf_scratch_gpt.training.loop import loop_from_argv as run
+    else:
+        from hf_scratch_gpt.training.trainer import train_from_argv as run
+
+    result = run(args.training_arguments)  # `--help` is among them: the loop's own parser lists every flag
+    if result.get("plot"):  # the main process of a multi-process run reports
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train from a preset or fine-tune a folder (Trainer, or --loop accelerate); "
+        "`train [--loop accelerate] --help` lists every flag",
+        add_help=False,  # `--help` goes to the chosen loop's parser, which knows the dataclass flags
+    )
+    parser.add_argument("--loop", choices=("trainer", "accelerate"), default="trainer")
+    parser.set_defaults(handler=_train, passes_extra_arguments=True)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from hf_scratch_gpt.evaluation import evaluate_model
+
+    with _no_weight_loading_bar():
+        result = evaluate_model(
+            args.model, text_file=args.text_file, dataset=args.dataset, dataset_config=args.dataset_config,
+            dataset_split=args.split, text_column=args.text_column, stride=args.stride, device=args.device,
+            validation_fraction=args.validation_fraction, split_seed=args.split_seed,
+        )  # fmt: skip
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="loss, perplexity, bits per byte, next-token accuracy of a model folder (prints JSON)"
+    )
+    parser.add_argument("model", help="folder with the model and its tokenizer")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text-file", help="a UTF-8 text file, scored as one text")
+    source.add_argument("--dataset", help="'pydoc', a .jsonl file or a Hugging Face dataset name; per document")
+    parser.add_argument("--dataset-config", default=None)
+    parser.add_argument(
+        "--split", default=None,
+        help="a Hub dataset's split (default: test); for pydoc/.txt/.jsonl, which training splits itself: "
+        "validation (the held-out documents), train, or all (default, with a warning)",
+    )
+    parser.add_argument("--validation-fraction", type=float, default=None,
+                        help="pydoc/.txt/.jsonl: the held-out share training used (default: training's, 0.05)")
+    parser.add_argument("--split-seed", type=int, default=None,
+                        help="pydoc/.txt/.jsonl: the seed of training's split (default: training's, 0)")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--stride", type=_positive_int, default=None,
+                        help="sliding-window step (default: n_positions // 2)")
+    parser.add_argument("--device", type=_device, default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.set_defaults(handler=_evaluate)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from hf_scratch_gpt.demo import DemoOptions, run_demo, summary_lines
+
+    given = dict(
+        output_dir=args.output_dir, dataset=args.dataset, preset=args.preset, config_overrides=args.config_overrides,
+        tokenizer_vocab_size=args.vocab_size, max_steps=args.max_steps, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, eval_steps=args.eval_steps, seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+    if args.max_minutes is not None:
+        given["max_minutes"] = args.max_minutes or None  # 0: no time budget
+    options = DemoOptions(**{name: value for name, value in given.items() if value is not None})
+    print("\n".join(summary_lines(run_demo(options))))
+    return 0
+
+
+def _add_demo(subparsers) -> None:
+    # An option left out keeps `hf_scratch_gpt.demo.DemoOptions`' default (not repeated here: see the module doc).
+    parser = subparsers.add_parser(
+        "demo", help="train a tokenizer and a small GPT on the embedded corpus (~5 min on CPU), evaluate, sample"
+    )
+    parser.add_argument("--output-dir", help="where the model, tokenizer and figures go (default: runs/demo)")
+    parser.add_argument("--dataset", help="'pydoc' (the default: embedded), a .txt/.jsonl file or a dataset name")
+    parser.add_argument("--preset", help="model size preset (default: tiny)")
+    parser.add_argument("--config-overrides", help="comma-separated config fields, e.g. n_layer=2,n_embd=64")
+    parser.add_argument("--vocab-size", type=int, help="size of the byte-level BPE trained on the corpus")
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--eval-steps", type=int)
+    parser.add_argument("--max-minutes", type=float, help="training time budget (default: 4); 0: none")
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.set_defaults(handler=_demo)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if args.stream and args.num_beams > 1:  # refused before the model is loaded
+        raise ValueError(
+            f"--stream prints each token as it is chosen, but beam search (--num-beams {args.num_beams}) only knows "
+            "the best sequence at the end; use one of the two"
+        )
+    from hf_scratch_gpt.generation import build_generation_config, format_steps, generate_text
+    from hf_scratch_gpt.loading import load_model, load_tokenizer
+
+    with _no_weight_loading_bar():
+        model = load_model(args.model, revision=args.revision, dtype=args.dtype)
+        tokenizer = load_tokenizer(args.model, revision=args.revision)
+    generation_config = build_generation_config(
+        model,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        num_beams=args.num_beams,
+        repetition_penalty=args.repetition_penalty,
+    )
+    streamer = None
+    if args.stream:
+        from transformers import TextStreamer
+
+        streamer = TextStreamer(tokenizer, skip_special_tokens=True)  # prints the prompt, then each new piece
+    (result,) = generate_text(
+        model, tokenizer, args.prompt, generation_config, seed=args.seed, show_probs=args.show_probs, streamer=streamer
+    )
+    if not args.stream:
+        print(result.text)
+    if args.show_probs:
+        print(format_steps(result.steps))
+    return 0
+
+
+def _add_generate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate", help="continue a prompt with a saved model (greedy by default; sampling with --temperature/--top-k/--top-p)"
+    )
+    parser.add_argument("model", help="a saved model folder or a Hub repo id")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=50)
+    parser.add_argument("--temperature", type=float, default=None, help="sample with this temperature (> 0)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability >= p")
+    parser.add_argument("--num-beams", type=_positive_int, default=1,
+                        help="beam search with this many beams (greedy: 1); not with --stream")
+    parser.add_argument("--repetition-penalty", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    parser.add_argument("--stream", action="store_true", help="print tokens as they are generated (not with beams)")
+    parser.add_argument(
+        "--show-probs", type=_non_negative_int, default=0, metavar="K",
+        help="for each generated position, print the K most likely next tokens: softmax of the raw logits",
+    )
+    parser.add_argument("--revision", default=None, help="Hub revision when MODEL is a repo id")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+        help="load the weights in this dtype (default: the checkpoint's); bfloat16 halves the bytes read per token",
+    )
+    parser.set_defaults(handler=_generate)
+
+
+def _card(args: argparse.Namespace) -> int:
+    from hf_scratch_gpt.hub import write_model_card
+
+    path = write_model_card(
+        args.model_dir,
+        args.kind,
+        repo_id=args.repo_id,
+        license=args.license,
+        datasets=args.dataset or None,
+        base_model=args.base_model,
+        perplexity=args.perplexity,
+        eval_dataset=args.eval_dataset,
+        eval_split=args.eval_split,
+        language=args.language,
+        training_details=args.training_details,
+    )
+    print(path)
+    return 0
+
+
+def _add_card(subparsers) -> None:
+    parser = subparsers.add_parser("card", help="write README.md (model card with Hub metadata) into a saved model folder")
+    parser.add_argument("model_dir")
+    parser.add_argument("--kind", choices=CARD_KINDS, default="trained_from_scratch")
+    parser.add_argument("--repo-id", required=True, help="the Hub id the usage snippet loads, e.g. you/my-gpt")
+    parser.add_argument("--license", required=True, help="e.g. apache-2.0, mit")
+    parser.add_argument("--dataset", action="append", help="Hub id of a training dataset (repeatable)")
+    parser.add_argument("--base-model", default=None, help="Hub id of the base model (fine-tunes)")
+    parser.add_argument("--perplexity", type=float, default=None)
+    parser.add_argument("--eval-dataset", default=None, help="dataset the perplexity was measured on")
+    parser.add_argument("--eval-split", default=None)
+    parser.add_argument("--language", default=None)
+    parser.add_argument("--training-details", default=None, help="a paragraph of markdown for the card")
+    parser.set_defaults(handler=_card)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from hf_scratch_gpt.hub import push_to_hub
+
+    plan = push_to_hub(args.model_dir, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run)
+    action = "would upload" if args.dry_run else "uploaded"
+    target = f"{plan.repo_id}@{plan.revision}" if plan.revision else plan.repo_id
+    print(f"{action} to {target} ({'private' if plan.private else 'public'}):")
+    for name in plan.files:
+        print(f"  {name}")
+    if plan.skipped:
+        print("left out: " + ", ".join(plan.skipped))
+    if plan.commit_url:
+        print(plan.commit_url)
+    return 0
+
+
+def _add_push(subparsers) -> None:
+    parser = subparsers.add_parser("push", help="upload a saved model folder (weights, tokenizer, code, card) to the Hub")
+    parser.add_argument("model_dir")
+    parser.add_argument("repo_id")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    parser.add_argument("--dry-run", action="store_true", help="check the folder and list the files; send nothing")
+    parser.set_defaults(handler=_push)
+
+
+# One entry per subcommand: a function that adds its parser (and sets `handler`).
+SUBCOMMANDS: list[Callable] = [_add_smoke, _add_download_openai, _add_convert_openai, _add_train, _add_evaluate, _add_demo, _add_generate, _add_card, _add_push]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--debug", action="store_true",
+        help=f"show the full traceback of an error (also: {DEBUG_ENVIRONMENT_VARIABLE}=1)",
+    )  # fmt: skip
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def _loaded_classes(names: Sequence[tuple[str, str]]) -> tuple[type[BaseException], ...]:
+    """The classes among (module, class) pairs whose module is loaded; an error can only be of such a class."""
+    return tuple(
+        getattr(sys.modules[module], name)
+        for module, name in names
+        if module in sys.modules and hasattr(sys.modules[module], name)
+    )
+
+
+def describe_error(error: BaseException) -> str:
+    """The error's message on one line (with its cause for a wrapping error, its class for a missing module)."""
+    message = str(error) or type(error).__name__
+    cause = error.__cause__ or error.__context__
+    if isinstance(error, _loaded_classes(WRAPPING_LIBRARY_ERRORS)) and cause is not None:
+        message = f"{message}: {cause}"
+    if isinstance(error, ModuleNotFoundError):  # "No module named 'x'" alone does not say what is wrong
+        message = f"{type(error).__name__}: {message}"
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _debug_requested(args: argparse.Namespace | None) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "") not in ("", "0")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    # `train` hands its unknown flags to HfArgumentParser (run_clm-style dataclass fields); others accept none.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passes_extra_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "passes_extra_arguments", False):
+        args.training_arguments = extra
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        if _debug_requested(args):
+            raise
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if _debug_requested(args) or not isinstance(error, EXPECTED_ERRORS + _loaded_classes(EXPECTED_LIBRARY_ERRORS)):
+            raise  # a bug (or --debug): the traceback is what is needed
+        print(f"{PROG}: error: {describe_error(error)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
