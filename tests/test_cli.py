@@ -15,7 +15,7 @@ from saved_models import save_tiny_model_folder
 
 import hf_scratch_gpt
 import hf_scratch_gpt_cli
-from hf_scratch_gpt import cli
+import hf_scratch_gpt_cli as cli  # the command line's code (hf_scratch_gpt.cli re-exports its public names)
 from hf_scratch_gpt.cli import main
 
 EXAMPLES = Path(hf_scratch_gpt.__file__).resolve().parent.parent / "examples"
@@ -245,7 +245,9 @@ def test_the_installed_command_is_the_light_module():
     """pyproject's console script is `hf_scratch_gpt_cli:main`, and `python -m hf_scratch_gpt.cli` runs the same."""
     pyproject = (EXAMPLES.parent / "pyproject.toml").read_text(encoding="utf-8")
     assert 'hf-scratch-gpt = "hf_scratch_gpt_cli:main"' in pyproject
-    assert cli.main is hf_scratch_gpt_cli.main
+    from hf_scratch_gpt import cli as package_cli
+
+    assert package_cli.main is hf_scratch_gpt_cli.main
 
 
 def test_values_the_parser_repeats_agree_with_the_package(capsys):

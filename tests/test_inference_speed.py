@@ -4,12 +4,13 @@ timings live in benchmarks/compare_gpt2.py."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 
 import hf_scratch_gpt
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, load_model
 from hf_scratch_gpt.loading import resolve_dtype
-from hf_scratch_gpt.modeling_scratch_gpt import store_linear_weights_transposed
+from hf_scratch_gpt.modeling_scratch_gpt import ScratchGPTLinear, store_linear_weights_transposed
 
 from helpers import assert_close_rel, left_padded_batch, random_gpt2
 
@@ -97,6 +98,51 @@ def test_transposed_storage_gives_the_same_logits_as_contiguous():
             step = model(input_ids[:, position : position + 1], past_key_values=cache, use_cache=True)
             cache = step.past_key_values
             assert_close_rel(step.logits[:, -1], contiguous(input_ids[:, : position + 1]).logits[:, -1])
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("out_features", "bias"), [(768, True), (1001, True), (1001, False), (513, True)])
+def test_split_row_product_is_bit_identical_to_f_linear(out_features, bias, two_threads):
+    """ScratchGPTLinear's batch-1 product over column blocks (remainder columns included) equals F.linear exactly."""
+    layer = ScratchGPTLinear(256, out_features, bias=bias)
+    store_linear_weights_transposed(layer)
+    for shape in [(1, 1, 256), (1, 256), (256,)]:
+        row = torch.randn(shape, generator=torch.Generator().manual_seed(out_features))
+        with torch.no_grad():
+            assert layer._column_parts(row) == 2
+            torch.testing.assert_close(layer(row), F.linear(row, layer.weight, layer.bias), rtol=0, atol=0)
+    with torch.no_grad():
+        assert layer._column_parts(torch.randn(2, 1, 256)) == 0  # several rows: F.linear (MKL's gemm threads itself)
+        assert ScratchGPTLinear(256, out_features)._column_parts(row) == 0  # nn.Linear's (out, in) layout
+        assert layer._column_parts(row.double()) == 0
+    assert layer._column_parts(row) == 0  # gradients enabled
+
+
+def test_decoding_takes_the_split_product_and_keeps_gpt2s_ids(two_threads, monkeypatch):
+    gpt2 = random_gpt2(vocab_size=1001, n_positions=40, n_embd=256, n_layer=2, n_head=4)
+    ours = hf_scratch_gpt.from_hf_gpt2(gpt2)
+    prompt = torch.randint(1, gpt2.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(1))
+    kwargs = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0,
+                  return_dict_in_generate=True, output_logits=True)
+    column_parts, chosen = ScratchGPTLinear._column_parts, []
+    monkeypatch.setattr(ScratchGPTLinear, "_column_parts", lambda self, row: chosen.append(column_parts(self, row)) or chosen[-1])
+    actual = ours.generate(prompt, **kwargs)
+    assert max(chosen) == 2  # c_attn, c_fc and the head (1001 columns: 2 × 500 + 1) took the split product
+    expected = gpt2.generate(prompt, **kwargs)
+    torch.testing.assert_close(actual.sequences, expected.sequences, rtol=0, atol=0)
+    for ours_logits, gpt2_logits in zip(actual.logits, expected.logits):
+        assert_close_rel(ours_logits, gpt2_logits)
+    monkeypatch.setattr(ScratchGPTLinear, "_column_parts", lambda self, row: 0)  # F.linear everywhere
+    unsplit = ours.generate(prompt, **kwargs)
+    for split_logits, plain_logits in zip(actual.logits, unsplit.logits):
+        torch.testing.assert_close(split_logits, plain_logits, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("cache_implementation", [None, "static"])
