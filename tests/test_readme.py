@@ -1,7 +1,7 @@
 """Every fenced ```bash and ```python block of README.md, run the way a user runs it: from the repository root,
 after `make demo` (issue 13.1: the README's commands used a `runs/demo/model` folder the demo never writes).
 
-The stand-in for the repository root is a temporary folder with README.md, examples/ and benchmarks/ linked in,
+The stand-in for the repository root is a temporary folder with README.md and examples/ linked in, benchmarks/ copied,
 where `runs/demo` comes from a small `hf-scratch-gpt demo` run (the substitution for `make demo` below). Commands
 and snippets run verbatim, except:
 - NOT_RUN: what needs the network or a GPU, or is this test suite itself, each with the reason;
@@ -28,7 +28,10 @@ from helpers import GPT2_SHAPES, random_gpt2
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-LINKED = ("README.md", "examples", "benchmarks")  # what README commands read from the repository root
+LINKED = ("README.md", "examples")  # what README commands read from the repository root
+# Copied, not linked: scripts there write their results beside themselves (gpu_check.json), which must land in the
+# stand-in root, not in the repository.
+COPIED = ("benchmarks",)
 
 # A model small enough that the README's training commands finish in seconds (2 layers, 32 wide).
 SMALL_MODEL = "n_positions=128,n_embd=32,n_layer=2,n_head=2"  # the demo's context
@@ -202,6 +205,8 @@ def workspace(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("repository")
     for name in LINKED:
         (root / name).symlink_to(ROOT / name)
+    for name in COPIED:
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     random_gpt2(**GPT2_SHAPES[sorted(GPT2_SHAPES)[0]]).save_pretrained(root / "path" / "to" / "gpt2-folder")
     try:
         sys.path.insert(0, str(ROOT / "tests" / "openai"))
