@@ -445,9 +445,9 @@ def store_linear_weights_transposed(model: nn.Module) -> None:
     product into column blocks computed on all threads. The parameter keeps its name, shape (out, in) and values;
     only its strides become (1, out): `state_dict` keys and shapes and `save_pretrained` (it writes contiguous
     copies) are unchanged. `ScratchGPTForCausalLM.generate` calls this on a model in eval mode. The tied head shares
-    its Parameter with `wte`, so the embedding is stored the same way (a row lookup of a few tokens does not mind the stride). Storage is swapped one matrix at a time: the
-    model is never held twice. Quantized or distributed weights (tensor subclasses) and weights already laid out
-    otherwise are left alone; the function is idempotent.
+    its Parameter with `wte`, so the embedding is stored the same way (a row lookup of a few tokens does not mind
+    the stride). Storage is swapped one matrix at a time: the model is never held twice. Quantized or distributed
+    weights (tensor subclasses) and weights already laid out otherwise are left alone; the function is idempotent.
     """
     with torch.no_grad():
         for module in model.modules():

@@ -233,7 +233,8 @@ for argv in runs:
         cli.main(argv)
     except SystemExit:
         pass
-print(json.dumps({"heavy": sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY)), "subcommands": list(subcommands)}))
+loaded = {name.split(".")[0] for name in sys.modules}
+print(json.dumps({"heavy": sorted(loaded & set(HEAVY)), "subcommands": list(subcommands)}))
 """.replace("HEAVY", repr(HEAVY_MODULES))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     report = json.loads(result.stdout.splitlines()[-1])

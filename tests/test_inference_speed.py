@@ -132,7 +132,12 @@ def test_decoding_takes_the_split_product_and_keeps_gpt2s_ids(two_threads, monke
     kwargs = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0,
                   return_dict_in_generate=True, output_logits=True)
     column_parts, chosen = ScratchGPTLinear._column_parts, []
-    monkeypatch.setattr(ScratchGPTLinear, "_column_parts", lambda self, row: chosen.append(column_parts(self, row)) or chosen[-1])
+
+    def recording(self, row):
+        chosen.append(column_parts(self, row))
+        return chosen[-1]
+
+    monkeypatch.setattr(ScratchGPTLinear, "_column_parts", recording)
     actual = ours.generate(prompt, **kwargs)
     assert max(chosen) == 2  # c_attn, c_fc and the head (1001 columns: 2 × 500 + 1) took the split product
     expected = gpt2.generate(prompt, **kwargs)

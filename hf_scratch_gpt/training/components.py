@@ -136,6 +136,17 @@ def progress_bars_on_main_process_only(is_local_main_process: bool) -> None:
         transformers_logging.disable_progress_bar()
 
 
+def release_process_group() -> None:
+    """End of a command-line run: destroy the process group of a multi-process run (no-op in one process).
+
+    Left to interpreter exit, gloo's threads can be torn down mid-flight and a process aborts ("terminate called
+    without an active exception", SIGABRT) after a complete run, failing the launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def parse_overrides(text: str | None) -> dict[str, Any]:
     """'n_embd=128,n_layer=4,resid_pdrop=0.0' → {'n_embd': 128, 'n_layer': 4, 'resid_pdrop': 0.0}."""
     overrides: dict[str, Any] = {}

@@ -60,6 +60,7 @@ from .components import (
     non_finite_message,
     progress_bars_on_main_process_only,
     publish_directory,
+    release_process_group,
     remove_stale_staging,
     resolve_resume,
 )
@@ -341,7 +342,12 @@ def parse_train_arguments(
 
 
 def train_from_argv(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return train_with_trainer(*parse_train_arguments(sys.argv[1:] if argv is None else argv))
+    """The command line's run (`hf-scratch-gpt train`); at the end it releases the process group of a
+    multi-process run (`release_process_group`), so a process trains through it once."""
+    try:
+        return train_with_trainer(*parse_train_arguments(sys.argv[1:] if argv is None else argv))
+    finally:
+        release_process_group()
 
 
 __all__ = [
