@@ -291,12 +291,12 @@ class ScratchGPTLinear(nn.Linear):
         """Blocks of columns to compute in parallel (below 2: use F.linear)."""
         weight = self.weight
         if (
-            input.device.type != "cpu"
+            torch.compiler.is_compiling()  # first: nothing below becomes a guard of a compiled graph
+            or torch.is_grad_enabled()  # training
+            or input.device.type != "cpu"
             or input.dtype != torch.float32
             or weight.dtype != torch.float32
             or input.numel() != weight.shape[1]  # one row
-            or torch.is_grad_enabled()
-            or torch.compiler.is_compiling()
             or type(weight.data) is not torch.Tensor  # quantized (torchao) or distributed (DTensor) weights
             or weight.stride() != (1, weight.shape[0])  # only the decoding layout
         ):
@@ -816,8 +816,8 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
 
 
 __all__ = [
-    "ScratchGPTLinear",
     "ScratchGPTForCausalLM",
+    "ScratchGPTLinear",
     "ScratchGPTModel",
     "ScratchGPTPreTrainedModel",
     "causal_lm_loss",
