@@ -249,23 +249,26 @@ def perplexity(loss: float | torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Projections: nn.Linear, with a faster batch-1 product for decoding on CPU
+# Projections: nn.Linear, with a faster product for the few rows of a decoding step on CPU
 # ---------------------------------------------------------------------------------------------------------------------
 MIN_COLUMNS_PER_PART = 256
+MAX_SPLIT_ROWS = 8
 
 
 class ScratchGPTLinear(nn.Linear):
-    """`nn.Linear` (same parameters, state dict and behaviour everywhere), whose product for one row on a CPU spreads
-    over the threads.
+    """`nn.Linear` (same parameters, state dict and behaviour everywhere), whose product for a few rows on a CPU
+    spreads over the threads.
 
-    A batch-1 decoding step multiplies one vector by each weight. torch hands that to MKL's matrix-vector kernel,
-    which runs on one thread whatever `torch.get_num_threads()` says (torch 2.13: 16–26 GB/s on the project's
-    machine, where two threads read 32 GB/s). When the weight is stored (in, out) — the layout `generate` gives it,
-    see `store_linear_weights_transposed` — its columns split into equal blocks that are (in, out/parts) matrices
-    without a copy, and one `baddbmm` over those blocks runs them in parallel. Each output is the same dot product
-    in the same order, so the result is bit-identical to `F.linear` (tested); the time of the 124M-shape products
-    drops by about a third. Everything else (several rows, gradients, other devices or dtypes, quantized or
-    distributed weights, the (out, in) layout, `torch.compile`) goes through `F.linear`.
+    A decoding step multiplies one row per sequence by each weight. torch hands a single row to MKL's matrix-vector
+    kernel, which runs on one thread whatever `torch.get_num_threads()` says (torch 2.13: 16–26 GB/s on the
+    project's machine, where two threads read 32 GB/s), and a handful of rows to a matrix product that is slower
+    still per byte. When the weight is stored (in, out) — the layout `generate` gives it, see
+    `store_linear_weights_transposed` — its columns split into equal blocks that are (in, out/parts) matrices
+    without a copy, and one `baddbmm` over those blocks runs them in parallel. Each output is the same dot product:
+    for one row the result is bit-identical to `F.linear` (tested); for up to `MAX_SPLIT_ROWS` rows (batched
+    decoding) it is equal to float32 rounding. Everything else (prefill and training batches, gradients, other
+    devices or dtypes, quantized or distributed weights, the (out, in) layout, `torch.compile`) goes through
+    `F.linear`.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -274,17 +277,19 @@ class ScratchGPTLinear(nn.Linear):
             return F.linear(input, self.weight, self.bias)
         weight_t = self.weight.t()  # (in, out), contiguous in this layout
         fan_in, fan_out = weight_t.shape
+        rows = input.numel() // fan_in
         width = fan_out // parts
         split = parts * width  # columns computed in blocks; the remainder (< parts) by F.linear
-        row = input.reshape(1, fan_in).expand(parts, 1, fan_in)
+        flat = input.reshape(rows, fan_in)
         blocks = weight_t[:, :split].view(fan_in, parts, width).permute(1, 0, 2)  # (parts, in, width), a view
         if self.bias is None:
-            output = torch.bmm(row, blocks).view(1, split)
+            output = torch.bmm(flat.expand(parts, rows, fan_in), blocks)
         else:
-            output = torch.baddbmm(self.bias[:split].view(parts, 1, width), row, blocks).view(1, split)
+            output = torch.baddbmm(self.bias[:split].view(parts, 1, width), flat.expand(parts, rows, fan_in), blocks)
+        output = output.view(1, split) if rows == 1 else output.permute(1, 0, 2).reshape(rows, split)
         if split < fan_out:
             bias = None if self.bias is None else self.bias[split:]
-            output = torch.cat([output, F.linear(input.reshape(1, fan_in), self.weight[split:], bias)], dim=1)
+            output = torch.cat([output, F.linear(flat, self.weight[split:], bias)], dim=1)
         return output.view(*input.shape[:-1], fan_out)
 
     def _column_parts(self, input: torch.Tensor) -> int:
@@ -296,7 +301,8 @@ class ScratchGPTLinear(nn.Linear):
             or input.device.type != "cpu"
             or input.dtype != torch.float32
             or weight.dtype != torch.float32
-            or input.numel() != weight.shape[1]  # one row
+            or input.shape[-1] != weight.shape[1]  # F.linear's own error
+            or input.numel() > MAX_SPLIT_ROWS * weight.shape[1]  # prefill and batches: MKL's matrix product
             or type(weight.data) is not torch.Tensor  # quantized (torchao) or distributed (DTensor) weights
             or weight.stride() != (1, weight.shape[0])  # only the decoding layout
         ):

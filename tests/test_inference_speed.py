@@ -10,7 +10,7 @@ from safetensors import safe_open
 import hf_scratch_gpt
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, load_model
 from hf_scratch_gpt.loading import resolve_dtype
-from hf_scratch_gpt.modeling_scratch_gpt import ScratchGPTLinear, store_linear_weights_transposed
+from hf_scratch_gpt.modeling_scratch_gpt import MAX_SPLIT_ROWS, ScratchGPTLinear, store_linear_weights_transposed
 
 from helpers import assert_close_rel, left_padded_batch, random_gpt2
 
@@ -109,26 +109,34 @@ def two_threads():
 
 
 @pytest.mark.parametrize(("out_features", "bias"), [(768, True), (1001, True), (1001, False), (513, True)])
-def test_split_row_product_is_bit_identical_to_f_linear(out_features, bias, two_threads):
-    """ScratchGPTLinear's batch-1 product over column blocks (remainder columns included) equals F.linear exactly."""
+def test_split_row_product_equals_f_linear(out_features, bias, two_threads):
+    """ScratchGPTLinear's product over column blocks (remainder columns included): one row bit-identical to
+    F.linear, up to MAX_SPLIT_ROWS rows equal to float32 rounding; other inputs take F.linear itself."""
     layer = ScratchGPTLinear(256, out_features, bias=bias)
     store_linear_weights_transposed(layer)
-    for shape in [(1, 1, 256), (1, 256), (256,)]:
-        row = torch.randn(shape, generator=torch.Generator().manual_seed(out_features))
-        with torch.no_grad():
+    generator = torch.Generator().manual_seed(out_features)
+    with torch.no_grad():
+        for shape in [(1, 1, 256), (1, 256), (256,)]:
+            row = torch.randn(shape, generator=generator)
             assert layer._column_parts(row) == 2
             torch.testing.assert_close(layer(row), F.linear(row, layer.weight, layer.bias), rtol=0, atol=0)
-    with torch.no_grad():
-        assert layer._column_parts(torch.randn(2, 1, 256)) == 0  # several rows: F.linear (MKL's gemm threads itself)
+        for shape in [(2, 1, 256), (5, 256), (MAX_SPLIT_ROWS, 1, 256)]:  # a batched decoding step
+            rows = torch.randn(shape, generator=generator)
+            assert layer._column_parts(rows) == 2
+            torch.testing.assert_close(layer(rows), F.linear(rows, layer.weight, layer.bias))
+        assert layer._column_parts(torch.randn(MAX_SPLIT_ROWS + 1, 256)) == 0  # prefill, training batches
         assert ScratchGPTLinear(256, out_features)._column_parts(row) == 0  # nn.Linear's (out, in) layout
         assert layer._column_parts(row.double()) == 0
+        assert layer._column_parts(torch.randn(1, 255)) == 0  # F.linear reports the shape mismatch
     assert layer._column_parts(row) == 0  # gradients enabled
 
 
 def test_decoding_takes_the_split_product_and_keeps_gpt2s_ids(two_threads, monkeypatch):
     gpt2 = random_gpt2(vocab_size=1001, n_positions=40, n_embd=256, n_layer=2, n_head=4)
     ours = hf_scratch_gpt.from_hf_gpt2(gpt2)
-    prompt = torch.randint(1, gpt2.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(1))
+    # Longer than MAX_SPLIT_ROWS: the prefill takes F.linear, every decoding step (one row) the split product.
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randint(1, gpt2.config.vocab_size, (1, MAX_SPLIT_ROWS + 1), generator=generator)
     kwargs = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0,
                   return_dict_in_generate=True, output_logits=True)
     column_parts, chosen = ScratchGPTLinear._column_parts, []
@@ -144,10 +152,20 @@ def test_decoding_takes_the_split_product_and_keeps_gpt2s_ids(two_threads, monke
     torch.testing.assert_close(actual.sequences, expected.sequences, rtol=0, atol=0)
     for ours_logits, gpt2_logits in zip(actual.logits, expected.logits):
         assert_close_rel(ours_logits, gpt2_logits)
+    input_ids, attention_mask = left_padded_batch([3, 9, 6, 1], gpt2.config.vocab_size, seed=2)
+    chosen.clear()
+    batched = ours.generate(input_ids, attention_mask=attention_mask, **kwargs)
+    assert max(chosen) == 2  # 4 rows per decoding step
+    torch.testing.assert_close(
+        batched.sequences, gpt2.generate(input_ids, attention_mask=attention_mask, **kwargs).sequences, rtol=0, atol=0
+    )
     monkeypatch.setattr(ScratchGPTLinear, "_column_parts", lambda self, row: 0)  # F.linear everywhere
     unsplit = ours.generate(prompt, **kwargs)
     for split_logits, plain_logits in zip(actual.logits, unsplit.logits):
-        torch.testing.assert_close(split_logits, plain_logits, rtol=0, atol=0)
+        torch.testing.assert_close(split_logits, plain_logits, rtol=0, atol=0)  # one row a step: bit-identical
+    unsplit = ours.generate(input_ids, attention_mask=attention_mask, **kwargs)
+    for split_logits, plain_logits in zip(batched.logits, unsplit.logits):
+        assert_close_rel(split_logits, plain_logits)
 
 
 @pytest.mark.parametrize("cache_implementation", [None, "static"])
