@@ -2,14 +2,14 @@
 
 A mistake in the input (a missing folder, a bad flag value, a file that is not UTF-8, no network) ends in one line
 `hf-scratch-gpt: error: ...` on stderr and exit code 1; `--debug` or HF_SCRATCH_GPT_DEBUG=1 shows the traceback.
-
-This module lives outside the `hf_scratch_gpt` package on purpose: importing the package registers its classes with
-transformers' Auto classes, which loads torch and transformers (seconds). Building the parser imports nothing but the
-standard library, so `--help`, every subcommand's `--help` except `train`'s (which lists the dataclass flags of
-transformers' `TrainingArguments`) and usage mistakes answer at once; each handler imports what it needs from the
-package. The few values the parser shows that the package also defines (checkpoint sizes, card kinds) are written
-here once more, and a test checks that both agree. `python -m hf_scratch_gpt.cli` runs the same command line.
 """
+
+# This module lives outside the `hf_scratch_gpt` package on purpose: importing the package registers its classes with
+# transformers' Auto classes, which loads torch and transformers (seconds). Building the parser imports nothing but
+# the standard library, so `--help`, every subcommand's `--help` except `train`'s (which lists the dataclass flags of
+# transformers' `TrainingArguments`) and usage mistakes answer at once; each handler imports what it needs from the
+# package. The few values the parser shows that the package also defines (checkpoint sizes, card kinds) are written
+# here once more, and a test checks that both agree. `python -m hf_scratch_gpt.cli` runs the same command line.
 
 import argparse
 import json
