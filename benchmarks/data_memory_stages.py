@@ -10,7 +10,6 @@ per stage and writes nothing outside --workdir (deleted at the end unless --keep
 """
 
 import argparse
-import os
 import shutil
 import sys
 import threading
@@ -50,7 +49,6 @@ def main(argv=None) -> int:
     if not tokenizer_dir.is_dir():
         data_pipeline.train_tokenizer(corpus, tokenizer_dir)
     shutil.rmtree(cache, ignore_errors=True)
-    os.environ["HF_DATASETS_CACHE"] = str(cache)
 
     stage, peaks, stop = ["import"], {}, threading.Event()
 
@@ -70,6 +68,9 @@ def main(argv=None) -> int:
             time.sleep(0.1)
 
     threading.Thread(target=sample, daemon=True).start()
+    import datasets.config
+
+    default_cache, datasets.config.HF_DATASETS_CACHE = datasets.config.HF_DATASETS_CACHE, str(cache)
     try:
         import datasets
         from transformers import AutoTokenizer
@@ -98,6 +99,7 @@ def main(argv=None) -> int:
                   f"largest worker RSS {worker_rss / gib:.2f} GiB")  # fmt: skip
     finally:
         stop.set()
+        datasets.config.HF_DATASETS_CACHE = default_cache
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0

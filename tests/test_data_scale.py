@@ -255,3 +255,27 @@ def test_data_pipeline_benchmark_at_1_gb_and_20_training_steps(tmp_path):
     (row,) = json.loads(output.read_text())["rows"]
     assert row["size_bytes"] >= 10**9 and row["blocks"]["train"] > 0.9 * row["tokens"] / 1024
     assert row["train"]["steps"] == 20 and row["train"]["train_loss"] > 0
+
+
+def test_data_memory_stages_benchmark_reports_every_long_stage(tmp_path, capsys):
+    """benchmarks/data_memory_stages.py (the README's per-stage memory table) at 2 MB: it runs the pipeline's stages
+    and reports positive memory for each one it sampled, in order, then cleans up its workdir."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "data_memory_stages.py"
+    spec = importlib.util.spec_from_file_location("data_memory_stages", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--size-mb", "2", "--workdir", str(tmp_path / "work")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.match(r"2 MB, [\d,]+ documents, [\d.]+ s", lines[0]), lines
+    stages = [line.split()[0] for line in lines[1:]]
+    assert stages[-1] == "end" and "load" in stages, lines  # at 2 MB the shortest stages can fall between samples
+    order = ["import", "load", "split", "tokenize", "pack", "end"]
+    assert stages == sorted(stages, key=order.index), stages
+    for line in lines[1:]:
+        anonymous = float(re.search(r"anonymous ([\d.]+) GiB", line).group(1))
+        assert anonymous > 0, line
+    assert not (tmp_path / "work").exists()
