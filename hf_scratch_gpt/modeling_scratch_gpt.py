@@ -769,22 +769,15 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         # forward parameter with "label" in its name as a label column (`find_labels`) and would then expect
         # `shift_labels` in every evaluation batch.
         shift_labels: torch.Tensor | None = kwargs.pop("shift_labels", None)
-        if labels is not None:
-            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-            if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-                raise ValueError(f"labels must be an integer tensor of token ids, got dtype {labels.dtype}")
-            if reference is not None and labels.shape != reference.shape:
+        reference = input_ids if input_ids is not None else None if inputs_embeds is None else inputs_embeds[..., 0]
+        for name, targets in (("labels", labels), ("shift_labels", shift_labels)):
+            if targets is None:
+                continue
+            if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+                raise ValueError(f"{name} must be an integer tensor of token ids, got dtype {targets.dtype}")
+            if reference is not None and targets.shape != reference.shape:
                 raise ValueError(
-                    f"labels shape {tuple(labels.shape)} does not match the input shape {tuple(reference.shape)}"
-                )
-        if shift_labels is not None:
-            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-            if shift_labels.dtype.is_floating_point or shift_labels.dtype == torch.bool:
-                raise ValueError(f"shift_labels must be an integer tensor of token ids, got dtype {shift_labels.dtype}")
-            if reference is not None and shift_labels.shape != reference.shape:
-                raise ValueError(
-                    f"shift_labels shape {tuple(shift_labels.shape)} does not match the input shape "
-                    f"{tuple(reference.shape)}"
+                    f"{name} shape {tuple(targets.shape)} does not match the input shape {tuple(reference.shape)}"
                 )
         outputs: BaseModelOutputWithPast = self.transformer(
             input_ids=input_ids,
