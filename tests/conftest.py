@@ -13,14 +13,50 @@ import torch
 import hf_scratch_gpt
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
 from helpers import GPT2_SHAPES, random_gpt2
+from numeric_state import differences, numeric_state
+
+# The numeric settings of this process before any test ran (see numeric_state.py).
+PRISTINE_NUMERIC_STATE = numeric_state()
+
+
+@pytest.fixture(autouse=True)
+def numeric_state_left_as_found(request):
+    """A test that changes a process-wide numeric setting (threads, default dtype, matmul precision, autocast, SDPA
+    backends, denormal flushing, a patched torch/transformers function) and does not restore it fails here, by name,
+    instead of silently changing the numbers of the tests after it."""
+    before = numeric_state()
+    yield
+    after = numeric_state()
+    changed = differences(before, after)
+    if changed and differences(PRISTINE_NUMERIC_STATE, after):  # putting back the session's settings is no leak
+        pytest.fail(f"{request.node.nodeid} left process-wide numeric settings changed: {'; '.join(changed)}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def numeric_state_restored_by_module(request):
+    """The same for module-scoped fixtures: at the end of each test module the state is the session's first."""
+    yield
+    changed = differences(PRISTINE_NUMERIC_STATE, numeric_state())
+    if changed:
+        pytest.fail(f"{request.node.nodeid} left process-wide numeric settings changed: {'; '.join(changed)}")
 
 
 @pytest.fixture(params=sorted(GPT2_SHAPES))
 def gpt2_pair(request):
-    """(GPT2LMHeadModel, ScratchGPTForCausalLM) with identical weights, both sdpa, eval mode."""
+    """(GPT2LMHeadModel, ScratchGPTForCausalLM) with identical weights, both sdpa, eval mode.
+
+    Checked before any test compares them: the process-wide numeric settings are the ones the session started with,
+    and the two models hold bit-identical float32 weights (GPT-2's names and layout back from ours)."""
+    changed = differences(PRISTINE_NUMERIC_STATE, numeric_state())
+    if changed:
+        pytest.fail(f"process-wide numeric settings differ from the start of the session: {'; '.join(changed)}")
     gpt2 = random_gpt2(**GPT2_SHAPES[request.param])
     ours = hf_scratch_gpt.from_hf_gpt2(gpt2)
     ours.set_attn_implementation("sdpa")
+    theirs, mine = gpt2.state_dict(), hf_scratch_gpt.to_hf_gpt2(ours).state_dict()
+    assert mine.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert mine[name].dtype == tensor.dtype == torch.float32 and torch.equal(mine[name], tensor), name
     return gpt2, ours.eval()
 
 

@@ -25,10 +25,54 @@ def float64_logits(model: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
         return reference(*args, **kwargs).logits
 
 
-def assert_parity(actual: torch.Tensor, expected: torch.Tensor, reference: torch.Tensor, rtol: float = RTOL) -> None:
+def module_outputs(model: torch.nn.Module, *args, **kwargs) -> dict[str, torch.Tensor]:
+    """Every named submodule's output tensor (the first of a tuple) from one no-grad forward, in the order the
+    modules ran, then the logits."""
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            output = output[0] if isinstance(output, tuple) else output
+            if torch.is_tensor(output):
+                outputs.setdefault(name, output.detach().clone())
+        return hook
+
+    hooks = [module.register_forward_hook(keep(name)) for name, module in model.named_modules() if name]
+    try:
+        with torch.no_grad():
+            outputs["logits"] = model(*args, **kwargs).logits
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return outputs
+
+
+def divergence_report(gpt2: torch.nn.Module, ours: torch.nn.Module, *args, **kwargs) -> str:
+    """Where two models with the same weights part: for each module both have (same name, same output shape), in
+    the order they ran, the largest |ScratchGPT - GPT2LMHeadModel| and each side's distance from a float64 copy of
+    GPT-2. Run again at the moment of a failure, it also tells a lasting cause (the same gap again) from a passing one
+    (the rerun agrees)."""
+    reference = copy.deepcopy(gpt2).to(torch.float64)
+    theirs, mine, exact = (module_outputs(model, *args, **kwargs) for model in (gpt2, ours, reference))
+    lines = ["module: max |ScratchGPT - GPT2LMHeadModel|, |ScratchGPT - float64|, |GPT2LMHeadModel - float64|"]
+    for name, expected in theirs.items():
+        actual, precise = mine.get(name), exact.get(name)
+        if actual is None or precise is None or actual.shape != expected.shape or not expected.is_floating_point():
+            continue
+        lines.append(
+            f"  {name}: {(actual - expected).abs().max():.4g}, {(actual.double() - precise).abs().max():.4g}, "
+            f"{(expected.double() - precise).abs().max():.4g}"
+        )
+    return "\n".join(lines)
+
+
+def assert_parity(
+    actual: torch.Tensor, expected: torch.Tensor, reference: torch.Tensor, rtol: float = RTOL, explain=None
+) -> None:
     """ScratchGPT's tensor `actual` equals GPT2LMHeadModel's `expected` (`assert_close_rel`, same tolerance), and each
     is checked against `reference`, the float64 forward of the same weights, so that a failure names the side that
-    left float32 rounding instead of only reporting that the two disagree."""
+    left float32 rounding instead of only reporting that the two disagree. `explain`, if given, is called on failure
+    and its text (e.g. `divergence_report`, which module parted first) is added to the message."""
 
     def describe(message: str) -> str:
         ours = (actual.double() - reference).abs()
@@ -40,6 +84,7 @@ def assert_parity(actual: torch.Tensor, expected: torch.Tensor, reference: torch
             f"{message}\nagainst the float64 forward: max |ScratchGPT - float64| = {ours.max():.4g}, "
             f"max |GPT2LMHeadModel - float64| = {theirs.max():.4g}; at {where}: ScratchGPT {actual[where]:.9g}, "
             f"GPT2LMHeadModel {expected[where]:.9g}, float64 {reference[where]:.9g}. {side} is the one that deviates."
+            + (f"\nThe same inputs again, module by module:\n{explain()}" if explain is not None else "")
         )
 
     assert_close_rel(actual, expected, rtol=rtol, msg=describe)

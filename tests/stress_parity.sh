@@ -12,6 +12,8 @@
 #
 #   tests/stress_parity.sh [N] [extra pytest arguments...]
 #   STRESS_FULL=1 tests/stress_parity.sh 20
+#   STRESS_CANARY=1 tests/stress_parity.sh 20    (also re-check the failing case after every test: tests/parity_canary.py;
+#                                                  deviations go to $PARITY_CANARY_LOG, default /tmp/parity_canary.log)
 #
 # Runs from the repository root with the interpreter in $PYTHON (default: .venv/bin/python, else python).
 set -uo pipefail
@@ -21,6 +23,11 @@ shift || true
 python="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
 log="${STRESS_LOG:-/tmp/stress_parity.log}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+plugin=()
+if [ "${STRESS_CANARY:-0}" = 1 ]; then
+    export PYTHONPATH="$PWD/tests${PYTHONPATH:+:$PYTHONPATH}"
+    plugin=(-p parity_canary)
+fi
 
 if [ "${STRESS_FULL:-0}" = 1 ]; then
     targets=(tests)
@@ -34,7 +41,7 @@ else
     fi
 fi
 
-echo "$(date -u +%FT%TZ) start: $runs runs of ${targets[*]} $*" | tee -a "$log"
+echo "$(date -u +%FT%TZ) start: $runs runs of ${plugin[*]} ${targets[*]} $*" | tee -a "$log"
 for ((i = 1; i <= runs; i++)); do
     out="$(mktemp)"
     start=$SECONDS
@@ -42,7 +49,7 @@ for ((i = 1; i <= runs; i++)); do
     hypothesis_seed="${STRESS_HYPOTHESIS_SEED:-$((RANDOM * 32768 + RANDOM))}"
     seeds="PYTHONHASHSEED=$hashseed hypothesis-seed=$hypothesis_seed"
     if PYTHONHASHSEED="$hashseed" "$python" -m pytest -q -x -p no:cacheprovider --hypothesis-seed="$hypothesis_seed" \
-        "${targets[@]}" "$@" >"$out" 2>&1; then
+        "${plugin[@]}" "${targets[@]}" "$@" >"$out" 2>&1; then
         summary="$(tail -n 1 "$out")"
         echo "$(date -u +%FT%TZ) run $i/$runs passed ($((SECONDS - start)) s, $seeds): $summary" | tee -a "$log"
         rm -f "$out"

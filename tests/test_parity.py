@@ -2,7 +2,10 @@
 
 import pytest
 import torch
-from helpers import assert_close_rel, assert_parity, float64_logits, labels_from, left_padded_batch, right_padded_batch
+from helpers import (
+    assert_close_rel, assert_parity, divergence_report, float64_logits, labels_from, left_padded_batch,
+    right_padded_batch,
+)
 from transformers import DynamicCache
 
 from hf_scratch_gpt.gpt2_weights import TRANSPOSED_SUFFIXES
@@ -18,7 +21,8 @@ def test_logits_and_loss_unpadded(gpt2_pair):
     with torch.no_grad():
         expected = gpt2(input_ids, labels=labels)
         actual = ours(input_ids, labels=labels)
-    assert_parity(actual.logits, expected.logits, float64_logits(gpt2, input_ids))
+    explain = lambda: divergence_report(gpt2, ours, input_ids)  # noqa: E731 (only run on failure)
+    assert_parity(actual.logits, expected.logits, float64_logits(gpt2, input_ids), explain=explain)
     assert_close_rel(actual.loss, expected.loss)
 
 
@@ -33,7 +37,10 @@ def test_logits_and_loss_padded(gpt2_pair, make_batch):
         actual = ours(input_ids, attention_mask=attention_mask, position_ids=position_ids, labels=labels)
     keep = attention_mask.bool()  # padding positions' outputs are meaningless on both sides
     reference = float64_logits(gpt2, input_ids, attention_mask=attention_mask, position_ids=position_ids)
-    assert_parity(actual.logits[keep], expected.logits[keep], reference[keep])
+    explain = lambda: divergence_report(  # noqa: E731 (only run on failure)
+        gpt2, ours, input_ids, attention_mask=attention_mask, position_ids=position_ids
+    )
+    assert_parity(actual.logits[keep], expected.logits[keep], reference[keep], explain=explain)
     assert_close_rel(actual.loss, expected.loss)
 
 
