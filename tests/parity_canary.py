@@ -38,8 +38,12 @@ def _canary() -> tuple[tuple[str, tuple[int, ...]], str]:
     ours.set_attn_implementation("sdpa")
     ours.eval()
     input_ids = torch.randint(0, gpt2.config.vocab_size, (3, 17), generator=torch.Generator().manual_seed(1))
+    labels = input_ids.clone()  # test_logits_and_loss_unpadded's inputs, exactly
+    labels[0, 3:7] = -100
+    labels[2, :] = -100
+    labels[2, 10] = input_ids[2, 10]
     with torch.no_grad():
-        expected, actual = gpt2(input_ids).logits, ours(input_ids).logits
+        expected, actual = gpt2(input_ids, labels=labels).logits, ours(input_ids, labels=labels).logits
     gap = (actual - expected).abs()
     where = tuple(int(i) for i in torch.nonzero(gap == gap.max())[0])
     key = (f"{gap.max().item():.4g}", where)
