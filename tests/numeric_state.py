@@ -24,11 +24,20 @@ def _qualified(function) -> str:
     return f"{name}@{id(function):#x}"
 
 
-def _fegetround():
-    libm = ctypes.util.find_library("m")
+def _load_libm():
     try:
-        return ctypes.CDLL(libm).fegetround() if libm else None
-    except (OSError, AttributeError):
+        return ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    except OSError:
+        return None
+
+
+_LIBM = _load_libm()  # found once: find_library may run a subprocess
+
+
+def _fegetround():
+    try:
+        return _LIBM.fegetround() if _LIBM is not None else None
+    except AttributeError:
         return None
 
 
