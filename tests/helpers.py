@@ -47,11 +47,14 @@ def module_outputs(model: torch.nn.Module, *args, **kwargs) -> dict[str, torch.T
     return outputs
 
 
-def divergence_report(gpt2: torch.nn.Module, ours: torch.nn.Module, *args, **kwargs) -> str:
+def divergence_report(
+    gpt2: torch.nn.Module, ours: torch.nn.Module, *args, keep: torch.Tensor | None = None, **kwargs
+) -> str:
     """Where two models with the same weights part: for each module both have (same name, same output shape), in
     the order they ran, the largest |ScratchGPT - GPT2LMHeadModel| and each side's distance from a float64 copy of
-    GPT-2. Run again at the moment of a failure, it also tells a lasting cause (the same gap again) from a passing one
-    (the rerun agrees)."""
+    GPT-2. `keep` (batch, seq_len), if given, limits every output to those positions (padding's outputs mean
+    nothing). Run again at the moment of a failure, it also tells a lasting cause (the same gap again) from a
+    passing one (the rerun agrees)."""
     reference = copy.deepcopy(gpt2).to(torch.float64)
     theirs, mine, exact = (module_outputs(model, *args, **kwargs) for model in (gpt2, ours, reference))
     lines = ["module: max |ScratchGPT - GPT2LMHeadModel|, |ScratchGPT - float64|, |GPT2LMHeadModel - float64|"]
@@ -59,6 +62,8 @@ def divergence_report(gpt2: torch.nn.Module, ours: torch.nn.Module, *args, **kwa
         actual, precise = mine.get(name), exact.get(name)
         if actual is None or precise is None or actual.shape != expected.shape or not expected.is_floating_point():
             continue
+        if keep is not None and expected.shape[:2] == keep.shape:
+            actual, expected, precise = actual[keep], expected[keep], precise[keep]
         lines.append(
             f"  {name}: {(actual - expected).abs().max():.4g}, {(actual.double() - precise).abs().max():.4g}, "
             f"{(expected.double() - precise).abs().max():.4g}"

@@ -2,12 +2,14 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import (
-    assert_close_rel, assert_parity, divergence_report, float64_logits, labels_from, left_padded_batch,
-    right_padded_batch,
+    GPT2_SHAPES, assert_close_rel, assert_parity, divergence_report, float64_logits, labels_from, left_padded_batch,
+    random_gpt2, right_padded_batch,
 )
 from transformers import DynamicCache
 
+import hf_scratch_gpt
 from hf_scratch_gpt.gpt2_weights import TRANSPOSED_SUFFIXES
 
 
@@ -21,7 +23,7 @@ def test_logits_and_loss_unpadded(gpt2_pair):
     with torch.no_grad():
         expected = gpt2(input_ids, labels=labels)
         actual = ours(input_ids, labels=labels)
-    explain = lambda: divergence_report(gpt2, ours, input_ids)  # noqa: E731 (only run on failure)
+    explain = lambda: divergence_report(gpt2, ours, input_ids, labels=labels)  # noqa: E731 (only run on failure)
     assert_parity(actual.logits, expected.logits, float64_logits(gpt2, input_ids), explain=explain)
     assert_close_rel(actual.loss, expected.loss)
 
@@ -38,7 +40,7 @@ def test_logits_and_loss_padded(gpt2_pair, make_batch):
     keep = attention_mask.bool()  # padding positions' outputs are meaningless on both sides
     reference = float64_logits(gpt2, input_ids, attention_mask=attention_mask, position_ids=position_ids)
     explain = lambda: divergence_report(  # noqa: E731 (only run on failure)
-        gpt2, ours, input_ids, attention_mask=attention_mask, position_ids=position_ids
+        gpt2, ours, input_ids, attention_mask=attention_mask, position_ids=position_ids, labels=labels, keep=keep
     )
     assert_parity(actual.logits[keep], expected.logits[keep], reference[keep], explain=explain)
     assert_close_rel(actual.loss, expected.loss)
@@ -178,3 +180,22 @@ def test_bf16_logits_close_to_float32(gpt2_pair):
     assert low.logits.dtype == torch.bfloat16
     assert low.loss.dtype == torch.float32  # the loss is computed in float32 whatever the model dtype
     torch.testing.assert_close(low.loss, reference.loss, rtol=3e-2, atol=3e-2)
+
+
+def test_a_parity_failure_names_the_side_and_the_module_where_the_models_part():
+    """The diagnostic of issue 15: exact GELU in place of GPT-2's tanh approximation, in ours only, makes the
+    comparison fail naming ScratchGPT and the MLP's output projection as the first module that differs."""
+    gpt2 = random_gpt2(**GPT2_SHAPES["1L-3H-48"])
+    ours = hf_scratch_gpt.from_hf_gpt2(gpt2).eval()
+    ours.transformer.h[0].mlp.act = F.gelu
+    input_ids = torch.randint(0, gpt2.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, actual = gpt2(input_ids).logits, ours(input_ids).logits
+    explain = lambda: divergence_report(gpt2, ours, input_ids)  # noqa: E731
+    with pytest.raises(AssertionError) as failure:
+        assert_parity(actual, expected, float64_logits(gpt2, input_ids), explain=explain)
+    message = str(failure.value)
+    assert "ScratchGPT is the one that deviates" in message
+    rows = [line.split(":") for line in message.split("module by module:\n")[1].splitlines()[1:]]
+    first_apart = next(name.strip() for name, values in rows if float(values.split(",")[0]) > 0)
+    assert first_apart == "transformer.h.0.mlp.c_proj", message
