@@ -39,7 +39,8 @@ def main() -> None:
         "--max_steps", "100", "--per_device_train_batch_size", "8", "--learning_rate", "5e-4",
         "--eval_strategy", "steps", "--eval_steps", "50", "--logging_steps", "10", "--report_to", "none", *rest,
     ])  # fmt: skip
-    print(json.dumps({k: result[k] for k in ("eval_loss", "eval_perplexity", "eval_accuracy", "model_dir")}, indent=2))
+    if "plot" in result:  # the main process of a torchrun run reports (the others have no plot)
+        print(json.dumps({k: result[k] for k in ("eval_loss", "eval_perplexity", "eval_accuracy", "model_dir")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def main() -> None:
     )  # fmt: skip
     _, flags = parser.parse_known_args()
     result = train_from_argv(DEFAULTS + flags)  # later flags override the defaults
-    print(json.dumps({k: result[k] for k in ("eval_loss", "eval_perplexity", "eval_accuracy", "model_dir", "plot")}, indent=2))
+    if "plot" in result:  # the main process of a torchrun run reports (the others have no plot)
+        print(json.dumps({k: result[k] for k in ("eval_loss", "eval_perplexity", "eval_accuracy", "model_dir", "plot")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -137,14 +137,41 @@ def progress_bars_on_main_process_only(is_local_main_process: bool) -> None:
 
 
 def release_process_group() -> None:
-    """End of a command-line run: destroy the process group of a multi-process run (no-op in one process).
+    """End of a command-line run: destroy the process group of a multi-process run and free it (no-op in one
+    process).
 
     Left to interpreter exit, gloo's threads can be torn down mid-flight and a process aborts ("terminate called
-    without an active exception", SIGABRT) after a complete run, failing the launch."""
+    without an active exception", SIGABRT) after a complete run, failing the launch. Destroying the group is not
+    enough after FSDP2: DTensor keeps each DeviceMesh it has planned for in module-level caches, a mesh keeps its
+    process groups, and so gloo's threads (`gloo_tcp_loop`, `pt_gloo_runloop`) ran on until exit; those caches are
+    emptied here so the groups are freed, and their threads joined, now."""
+    import gc
+    import sys
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.destroy_process_group()
+    if "torch.distributed.tensor" in sys.modules:
+        _clear_dtensor_caches()
+    gc.collect()
+
+
+def _clear_dtensor_caches() -> None:
+    """Empty DTensor's caches that hold DeviceMeshes: the redistribution planners (a dict), the sharding
+    propagation cache, and every `functools` cache defined in `torch.distributed` (e.g. `_gen_transform_infos`,
+    `MeshTopoInfo.build_from_mesh`), found by walking the live objects so a cache a later torch adds is included."""
+    import functools
+    import gc
+
+    from torch.distributed.tensor import _redistribute, debug
+
+    getattr(_redistribute, "clear_redistribute_planner_cache", lambda: None)()
+    getattr(debug, "_clear_sharding_prop_cache", lambda: None)()
+    for obj in gc.get_objects():
+        if isinstance(obj, functools._lru_cache_wrapper) and (obj.__module__ or "").startswith("torch.distributed"):
+            obj.cache_clear()
 
 
 def parse_overrides(text: str | None) -> dict[str, Any]:
