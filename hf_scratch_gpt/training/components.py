@@ -170,7 +170,9 @@ def _clear_dtensor_caches() -> None:
     getattr(_redistribute, "clear_redistribute_planner_cache", lambda: None)()
     getattr(debug, "_clear_sharding_prop_cache", lambda: None)()
     for obj in gc.get_objects():
-        if isinstance(obj, functools._lru_cache_wrapper) and (obj.__module__ or "").startswith("torch.distributed"):
+        if not isinstance(obj, functools._lru_cache_wrapper):
+            continue
+        if (getattr(obj, "__module__", None) or "").startswith("torch.distributed"):
             obj.cache_clear()
 
 
