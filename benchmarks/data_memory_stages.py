@@ -2,7 +2,7 @@
 
     python benchmarks/data_memory_stages.py --size-mb 1000     # the README's per-stage table (about 4 minutes)
 
-A sampler thread records, every 0.1 s and per stage, the largest proportional anonymous memory (`Pss_Anon`) of this
+It records, at the start of each stage and then every 0.1 s (a sampler thread), per stage, the largest proportional anonymous memory (`Pss_Anon`) of this
 process plus its workers (the memory the pipeline holds), this process's RSS (which also counts the pages of
 memory-mapped Arrow files it has read) and the largest RSS of one worker. The corpus and tokenizer are those of
 `benchmarks/data_pipeline.py` (generated locally, no download); the `datasets` cache starts empty. Prints one line
@@ -50,23 +50,36 @@ def main(argv=None) -> int:
         data_pipeline.train_tokenizer(corpus, tokenizer_dir)
     shutil.rmtree(cache, ignore_errors=True)
 
-    stage, peaks, stop = ["import"], {}, threading.Event()
+    stage, peaks, stop, lock = ["import"], {}, threading.Event(), threading.Lock()
+    me = psutil.Process()
 
-    def sample() -> None:
-        me = psutil.Process()
-        while not stop.is_set():
+    def record() -> None:
+        """One sample, credited to the stage it was taken in (the lock keeps a stage change out of a sample)."""
+        with lock:
             workers = me.children(recursive=True)
-            anon = smaps_field(me.pid, "Pss_Anon") + sum(smaps_field(worker.pid, "Pss_Anon") for worker in workers)
+            anon = smaps_field(me.pid, "Pss_Anon")
             worker_rss = 0
             for worker in workers:
                 try:
+                    anon += smaps_field(worker.pid, "Pss_Anon")
                     worker_rss = max(worker_rss, worker.memory_info().rss)
-                except psutil.Error:
+                except (psutil.Error, OSError):  # a worker that just ended
                     pass
             peak = peaks.setdefault(stage[0], [0, 0, 0])
             peak[0], peak[1], peak[2] = max(peak[0], anon), max(peak[1], me.memory_info().rss), max(peak[2], worker_rss)
+
+    def enter(name: str) -> None:
+        """A new stage, sampled once at its start: a stage shorter than the sampling period is still reported."""
+        with lock:
+            stage[0] = name
+        record()
+
+    def sample() -> None:
+        while not stop.is_set():
+            record()
             time.sleep(0.1)
 
+    enter("import")
     threading.Thread(target=sample, daemon=True).start()
     import datasets.config
 
@@ -80,16 +93,16 @@ def main(argv=None) -> int:
         datasets.disable_progress_bars()
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         start = time.perf_counter()
-        stage[0] = "load"
+        enter("load")
         documents = load_documents(str(corpus))
-        stage[0] = "split"
+        enter("split")
         splits = split_train_validation(documents, 0.05, seed=0)
-        stage[0] = "tokenize"
+        enter("tokenize")
         tokenized = tokenize_documents(splits, tokenizer)
-        stage[0] = "pack"
+        enter("pack")
         for split in tokenized:
             pack_blocks(tokenized[split], data_pipeline.BLOCK_SIZE)
-        stage[0] = "end"
+        enter("end")
         time.sleep(0.3)
         stop.set()
         print(f"{args.size_mb} MB, {len(documents):,} documents, {time.perf_counter() - start:.1f} s")

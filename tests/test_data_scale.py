@@ -259,7 +259,8 @@ def test_data_pipeline_benchmark_at_1_gb_and_20_training_steps(tmp_path):
 
 def test_data_memory_stages_benchmark_reports_every_long_stage(tmp_path, capsys):
     """benchmarks/data_memory_stages.py (the README's per-stage memory table) at 2 MB: it runs the pipeline's stages
-    and reports positive memory for each one it sampled, in order, then cleans up its workdir."""
+    and reports positive memory for every one, in order (each is sampled at its start, so a stage shorter than the
+    sampling period is still there), then cleans up its workdir."""
     import importlib.util
     import re
     from pathlib import Path
@@ -272,9 +273,7 @@ def test_data_memory_stages_benchmark_reports_every_long_stage(tmp_path, capsys)
     lines = capsys.readouterr().out.splitlines()
     assert re.match(r"2 MB, [\d,]+ documents, [\d.]+ s", lines[0]), lines
     stages = [line.split()[0] for line in lines[1:]]
-    assert stages[-1] == "end" and "load" in stages, lines  # at 2 MB the shortest stages can fall between samples
-    order = ["import", "load", "split", "tokenize", "pack", "end"]
-    assert stages == sorted(stages, key=order.index), stages
+    assert stages == ["import", "load", "split", "tokenize", "pack", "end"], lines
     for line in lines[1:]:
         anonymous = float(re.search(r"anonymous ([\d.]+) GiB", line).group(1))
         assert anonymous > 0, line
