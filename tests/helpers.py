@@ -116,6 +116,17 @@ def right_padded_batch(lengths: list[int], vocab_size: int, pad_id: int = 0, see
     return input_ids, attention_mask
 
 
+def unpadded_case(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """test_parity's unpadded inputs (also what tests/parity_canary.py re-checks): (input_ids, labels) of shape
+    (3, 17), with masked targets in the middle of row 0 and a row with a single scored token."""
+    input_ids = torch.randint(0, vocab_size, (3, 17), generator=torch.Generator().manual_seed(1))
+    labels = input_ids.clone()
+    labels[0, 3:7] = -100  # masked targets in the middle
+    labels[2, :] = -100
+    labels[2, 10] = input_ids[2, 10]  # a row with a single scored token
+    return input_ids, labels
+
+
 def labels_from(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """labels = input_ids with -100 on padding."""
     return input_ids.masked_fill(attention_mask == 0, -100)

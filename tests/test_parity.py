@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from helpers import (
     GPT2_SHAPES, assert_close_rel, assert_parity, divergence_report, float64_logits, labels_from, left_padded_batch,
-    random_gpt2, right_padded_batch,
+    random_gpt2, right_padded_batch, unpadded_case,
 )
 from transformers import DynamicCache
 
@@ -15,11 +15,7 @@ from hf_scratch_gpt.gpt2_weights import TRANSPOSED_SUFFIXES
 
 def test_logits_and_loss_unpadded(gpt2_pair):
     gpt2, ours = gpt2_pair
-    input_ids = torch.randint(0, gpt2.config.vocab_size, (3, 17), generator=torch.Generator().manual_seed(1))
-    labels = input_ids.clone()
-    labels[0, 3:7] = -100  # masked targets in the middle
-    labels[2, :] = -100
-    labels[2, 10] = input_ids[2, 10]  # a row with a single scored token
+    input_ids, labels = unpadded_case(gpt2.config.vocab_size)
     with torch.no_grad():
         expected = gpt2(input_ids, labels=labels)
         actual = ours(input_ids, labels=labels)
