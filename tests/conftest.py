@@ -12,7 +12,7 @@ import torch
 
 import hf_scratch_gpt
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
-from helpers import GPT2_SHAPES, random_gpt2
+from helpers import GPT2_SHAPES, parity_pair
 from numeric_state import differences, numeric_state
 
 # The numeric settings of this process before any test ran (see numeric_state.py).
@@ -50,14 +50,12 @@ def gpt2_pair(request):
     changed = differences(PRISTINE_NUMERIC_STATE, numeric_state())
     if changed:
         pytest.fail(f"process-wide numeric settings differ from the start of the session: {'; '.join(changed)}")
-    gpt2 = random_gpt2(**GPT2_SHAPES[request.param])
-    ours = hf_scratch_gpt.from_hf_gpt2(gpt2)
-    ours.set_attn_implementation("sdpa")
+    gpt2, ours = parity_pair(request.param)
     theirs, mine = gpt2.state_dict(), hf_scratch_gpt.to_hf_gpt2(ours).state_dict()
     assert mine.keys() == theirs.keys()
     for name, tensor in theirs.items():
         assert mine[name].dtype == tensor.dtype == torch.float32 and torch.equal(mine[name], tensor), name
-    return gpt2, ours.eval()
+    return gpt2, ours
 
 
 @pytest.fixture

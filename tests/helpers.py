@@ -157,3 +157,14 @@ def random_gpt2(seed: int = 0, attn_implementation: str = "sdpa", **shape) -> GP
             else:
                 param.normal_(0.0, 0.2)
     return model.eval()
+
+
+def parity_pair(shape: str):
+    """(GPT2LMHeadModel, ScratchGPTForCausalLM) of a GPT2_SHAPES shape with identical weights, both sdpa, eval mode:
+    what the parity tests compare (the `gpt2_pair` fixture) and what tests/parity_canary.py rebuilds."""
+    import hf_scratch_gpt
+
+    gpt2 = random_gpt2(**GPT2_SHAPES[shape])
+    ours = hf_scratch_gpt.from_hf_gpt2(gpt2)
+    ours.set_attn_implementation("sdpa")
+    return gpt2, ours.eval()

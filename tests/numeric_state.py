@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -106,8 +107,6 @@ def numeric_state() -> dict[str, object]:
         "PreTrainedModel.init_weights": PreTrainedModel.init_weights,
         "ALL_ATTENTION_FUNCTIONS['sdpa']": ALL_ATTENTION_FUNCTIONS["sdpa"],
     }
-    import sys
-
     for module_name in hf_init.TORCH_MODULES_TO_PATCH:  # what no_init_weights / guard_torch_init_functions replace
         module = sys.modules.get(module_name)
         for function_name in hf_init.TORCH_INIT_FUNCTIONS:

@@ -30,13 +30,9 @@ def _log(line: str) -> None:
 
 
 def _canary() -> tuple[tuple[str, tuple[int, ...]], str]:
-    import hf_scratch_gpt
-    from helpers import GPT2_SHAPES, divergence_report, float64_logits, random_gpt2, unpadded_case
+    from helpers import divergence_report, float64_logits, parity_pair, unpadded_case
 
-    gpt2 = random_gpt2(**GPT2_SHAPES["1L-3H-48"])
-    ours = hf_scratch_gpt.from_hf_gpt2(gpt2)
-    ours.set_attn_implementation("sdpa")
-    ours.eval()
+    gpt2, ours = parity_pair("1L-3H-48")
     input_ids, labels = unpadded_case(gpt2.config.vocab_size)  # test_logits_and_loss_unpadded's inputs, exactly
     with torch.no_grad():
         expected, actual = gpt2(input_ids, labels=labels).logits, ours(input_ids, labels=labels).logits
