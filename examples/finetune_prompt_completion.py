@@ -30,15 +30,16 @@ def main() -> None:
     parser.add_argument("model_folder", help="a saved or converted model folder with its tokenizer")
     parser.add_argument("pairs", nargs="?", help="a .jsonl file of prompt/completion records (default: built-in pairs)")
     args, rest = parser.parse_known_args()
-    if args.pairs is None:
-        args.pairs = str(Path(tempfile.mkdtemp()) / "pairs.jsonl")
-        Path(args.pairs).write_text("".join(json.dumps(p) + "\n" for p in BUILT_IN_PAIRS), encoding="utf-8")
-    result = train_from_argv([
-        "--model_name_or_path", args.model_folder, "--dataset", args.pairs, "--prompt_column", "prompt",
-        "--completion_column", "completion", "--validation_fraction", "0.1", "--output_dir", "runs/finetuned",
-        "--max_steps", "100", "--per_device_train_batch_size", "8", "--learning_rate", "5e-4",
-        "--eval_strategy", "steps", "--eval_steps", "50", "--logging_steps", "10", "--report_to", "none", *rest,
-    ])  # fmt: skip
+    with tempfile.TemporaryDirectory() as scratch:  # the built-in pairs' file is removed after the run
+        if args.pairs is None:
+            args.pairs = str(Path(scratch) / "pairs.jsonl")
+            Path(args.pairs).write_text("".join(json.dumps(p) + "\n" for p in BUILT_IN_PAIRS), encoding="utf-8")
+        result = train_from_argv([
+            "--model_name_or_path", args.model_folder, "--dataset", args.pairs, "--prompt_column", "prompt",
+            "--completion_column", "completion", "--validation_fraction", "0.1", "--output_dir", "runs/finetuned",
+            "--max_steps", "100", "--per_device_train_batch_size", "8", "--learning_rate", "5e-4",
+            "--eval_strategy", "steps", "--eval_steps", "50", "--logging_steps", "10", "--report_to", "none", *rest,
+        ])  # fmt: skip
     if "plot" in result:  # the main process of a torchrun run reports (the others have no plot)
         print(json.dumps({k: result[k] for k in ("eval_loss", "eval_perplexity", "eval_accuracy", "model_dir")}, indent=2))
 

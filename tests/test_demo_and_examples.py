@@ -14,8 +14,8 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZ
 SMALL = "n_positions=32,n_embd=32,n_layer=2,n_head=2"
 
 
-def run(args, timeout=300):
-    completed = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+def run(args, timeout=300, **env):
+    completed = subprocess.run([sys.executable, *args], cwd=ROOT, env={**ENV, **env}, capture_output=True, text=True,
                                timeout=timeout)  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
     return completed.stdout
@@ -72,9 +72,12 @@ def test_example_train_from_scratch_and_finetune(tmp_path):
                              "--eval_steps", "3", "--save_steps", "6", "--config_overrides", SMALL,
                              "--tokenizer_vocab_size", "300", "--per_device_train_batch_size", "4"]))  # fmt: skip
     assert result["eval_perplexity"] > 1 and Path(result["plot"]).is_file()
+    temp = tmp_path / "temp"
+    temp.mkdir()
     tuned = last_json(run(["examples/finetune_prompt_completion.py", str(scratch), "--output_dir", str(tmp_path / "ft"),
-                            "--max_steps", "4", "--eval_steps", "2", "--save_steps", "4"]))  # fmt: skip
+                            "--max_steps", "4", "--eval_steps", "2", "--save_steps", "4"], TMPDIR=str(temp)))  # fmt: skip
     assert tuned["eval_perplexity"] > 1 and (tmp_path / "ft" / "model.safetensors").is_file()
+    assert not any(temp.iterdir()), list(temp.iterdir())  # the built-in pairs' temporary file is gone
 
 
 def test_example_accelerate_loop(tmp_path):
