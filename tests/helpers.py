@@ -1,12 +1,23 @@
 """Comparison helpers shared by the tests."""
 
 import copy
+from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 # A training-test model: two layers, 32 wide, no dropout (so runs are deterministic and comparable).
 SMALL = "n_positions=32,n_embd=32,n_layer=2,n_head=2,resid_pdrop=0.0,embd_pdrop=0.0,attn_pdrop=0.0"
+
+
+
+def launch_temp(path: Path) -> dict[str, str]:
+    """{"TMPDIR": path}, created, for the environment of a process a test launches: torchrun and `accelerate launch`
+    leave an empty torchelastic_* directory in the temporary directory at every launch, and a test run should leave
+    nothing in the user's /tmp (pytest removes its own tmp_path directories)."""
+    path.mkdir(parents=True, exist_ok=True)
+    return {"TMPDIR": str(path)}
+
 
 # "Relative error <= 1e-5 in float32": rtol 1e-5, with an absolute floor scaled to the tensor so values that
 # happen to sit near zero are not held to an impossible relative bound.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import SMALL
+from helpers import SMALL, launch_temp
 from hf_scratch_gpt.training.components import DataArguments, ModelArguments, NonFiniteLossError
 from hf_scratch_gpt.training.loop import LoopArguments, train_with_accelerate
 
@@ -30,7 +30,8 @@ def history(output_dir, key):
 
 
 def test_two_processes_equal_one_process(tmp_path, corpus_file):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           **launch_temp(tmp_path / "temp")}  # fmt: skip
     command = ["-m", "hf_scratch_gpt.cli", "train", "--loop", "accelerate"]
     one = subprocess.run([sys.executable, *command, *loop_flags(tmp_path / "one", corpus_file)],
                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM
 import hf_scratch_gpt  # noqa: F401  (registers the Auto classes)
 from hf_scratch_gpt.training.fsdp import fsdp_options_from_accelerate_env
 from hf_scratch_gpt.training.loop import parse_loop_arguments, train_with_accelerate
+from helpers import launch_temp
 from test_accelerate_loop import history, loop_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +32,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM
 FLAGS = {"max_grad_norm": "0.05", "gradient_accumulation_steps": "2"}
 
 
-def launch(command, timeout=300):
-    completed = subprocess.run([sys.executable, *command], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                               timeout=timeout)  # fmt: skip
+def launch(command, temp, timeout=300):
+    completed = subprocess.run([sys.executable, *command], cwd=ROOT, env={**ENV, **launch_temp(temp)},
+                               capture_output=True, text=True, timeout=timeout)  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
 
 
@@ -44,7 +45,7 @@ def runs(tmp_path_factory, corpus_file):
     one = train_with_accelerate(*parse_loop_arguments(loop_flags(tmp / "one", corpus_file, **FLAGS)))
     launch(["-m", "accelerate.commands.launch", "--config_file", "examples/accelerate_fsdp.yaml",
             "--num_processes", "2", "--main_process_port", "29541", "examples/accelerate_loop.py",
-            *loop_flags(tmp / "two", corpus_file, **FLAGS)])  # fmt: skip
+            *loop_flags(tmp / "two", corpus_file, **FLAGS)], tmp / "temp")  # fmt: skip
     return tmp, one
 
 
@@ -80,7 +81,7 @@ def test_sharded_checkpoint_resumes_to_the_same_final_loss(runs, corpus_file):
     launch(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29542",
             "-m", "hf_scratch_gpt.cli", "train", "--loop", "accelerate",
             *loop_flags(tmp / "resumed", corpus_file, fsdp="true", resume_from_checkpoint="last",
-                        **FLAGS)])  # fmt: skip
+                        **FLAGS)], tmp / "temp")  # fmt: skip
     resumed = json.loads((tmp / "resumed" / "metrics.json").read_text())
     full = json.loads((tmp / "two" / "metrics.json").read_text())
     assert resumed["resumed_from"].endswith("checkpoint-3") and resumed["fsdp"] is True
@@ -214,7 +215,7 @@ def test_trainer_fsdp_on_cpu_is_refused_not_silently_ddp(tmp_path):
     script.write_text(f"OUTPUT_DIR = {str(tmp_path / 'out')!r}\n" + TRAINER_FSDP_ON_CPU)
     completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29543", str(script)],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env={**ENV, **launch_temp(tmp_path / "temp")}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert completed.stdout.count("refused") == 2

@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import SMALL
+from helpers import SMALL, launch_temp
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -51,7 +51,7 @@ def test_two_processes_exit_cleanly_and_leave_no_gloo_thread(case, tmp_path, cor
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
          str(tmp_path / "wrapper.py"), example, "--output_dir", str(tmp_path / "run"), "--dataset", str(corpus_file),
          *COMMON, *flags],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env={**ENV, **launch_temp(tmp_path / "temp")}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
     reports = [json.loads(line[len("THREADS "):]) for line in completed.stdout.splitlines() if line.startswith("THREADS ")]

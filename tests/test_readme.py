@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import GPT2_SHAPES, random_gpt2
+from helpers import GPT2_SHAPES, launch_temp, random_gpt2
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -146,6 +146,7 @@ def environment(workspace: Path) -> dict[str, str]:
         **os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
         "HF_MODULES_CACHE": str(workspace / ".modules"), "OMP_NUM_THREADS": "1",
         "PET_MASTER_PORT": str(free_port()),  # torchrun's --master-port, so parallel test runs do not collide
+        **launch_temp(workspace.parent / f"{workspace.name}-temp"),
     }  # fmt: skip
 
 
