@@ -10,11 +10,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 SMALL = "n_positions=32,n_embd=32,n_layer=2,n_head=2,resid_pdrop=0.0,embd_pdrop=0.0,attn_pdrop=0.0"
 
 
-
 def launch_temp(path: Path) -> dict[str, str]:
     """{"TMPDIR": path}, created, for the environment of a process a test launches: torchrun and `accelerate launch`
     leave an empty torchelastic_* directory in the temporary directory at every launch, and a test run should leave
-    nothing in the user's /tmp (pytest removes its own tmp_path directories)."""
+    nothing in the user's /tmp (pytest keeps only its last few tmp_path trees)."""
     path.mkdir(parents=True, exist_ok=True)
     return {"TMPDIR": str(path)}
 

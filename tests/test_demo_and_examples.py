@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import launch_temp
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 SMALL = "n_positions=32,n_embd=32,n_layer=2,n_head=2"
@@ -73,9 +75,9 @@ def test_example_train_from_scratch_and_finetune(tmp_path):
                              "--tokenizer_vocab_size", "300", "--per_device_train_batch_size", "4"]))  # fmt: skip
     assert result["eval_perplexity"] > 1 and Path(result["plot"]).is_file()
     temp = tmp_path / "temp"
-    temp.mkdir()
     tuned = last_json(run(["examples/finetune_prompt_completion.py", str(scratch), "--output_dir", str(tmp_path / "ft"),
-                            "--max_steps", "4", "--eval_steps", "2", "--save_steps", "4"], TMPDIR=str(temp)))  # fmt: skip
+                           "--max_steps", "4", "--eval_steps", "2", "--save_steps", "4"],
+                          **launch_temp(temp)))  # fmt: skip
     assert tuned["eval_perplexity"] > 1 and (tmp_path / "ft" / "model.safetensors").is_file()
     assert not any(temp.iterdir()), list(temp.iterdir())  # the built-in pairs' temporary file is gone
 
