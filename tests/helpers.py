@@ -1,6 +1,7 @@
 """Comparison helpers shared by the tests."""
 
 import copy
+import socket
 from pathlib import Path
 
 import torch
@@ -16,6 +17,14 @@ def launch_temp(path: Path) -> dict[str, str]:
     nothing in the user's /tmp (pytest keeps only its last few tmp_path trees)."""
     path.mkdir(parents=True, exist_ok=True)
     return {"TMPDIR": str(path)}
+
+
+def free_port() -> str:
+    """A TCP port nothing listens on now, for the rendezvous of a torchrun / `accelerate launch` a test starts: a fixed
+    port fails with EADDRINUSE whenever two test runs (or a user's own launch) share the machine."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
 
 
 # "Relative error <= 1e-5 in float32": rtol 1e-5, with an absolute floor scaled to the tensor so values that

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import SMALL, launch_temp
+from helpers import SMALL, free_port, launch_temp
 from hf_scratch_gpt.training.components import DataArguments, ModelArguments, NonFiniteLossError
 from hf_scratch_gpt.training.loop import LoopArguments, train_with_accelerate
 
@@ -37,7 +37,7 @@ def test_two_processes_equal_one_process(tmp_path, corpus_file):
                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
          *command, *loop_flags(tmp_path / "two", corpus_file, gradient_accumulation_steps=1)],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 import hf_scratch_gpt  # noqa: F401  (registers the Auto classes)
 from hf_scratch_gpt.training.fsdp import fsdp_options_from_accelerate_env
 from hf_scratch_gpt.training.loop import parse_loop_arguments, train_with_accelerate
-from helpers import launch_temp
+from helpers import free_port, launch_temp
 from test_accelerate_loop import history, loop_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def runs(tmp_path_factory, corpus_file):
     tmp = tmp_path_factory.mktemp("fsdp")
     one = train_with_accelerate(*parse_loop_arguments(loop_flags(tmp / "one", corpus_file, **FLAGS)))
     launch(["-m", "accelerate.commands.launch", "--config_file", "examples/accelerate_fsdp.yaml",
-            "--num_processes", "2", "--main_process_port", "29541", "examples/accelerate_loop.py",
+            "--num_processes", "2", "--main_process_port", free_port(), "examples/accelerate_loop.py",
             *loop_flags(tmp / "two", corpus_file, **FLAGS)], tmp / "temp")  # fmt: skip
     return tmp, one
 
@@ -78,7 +78,7 @@ def test_sharded_checkpoint_resumes_to_the_same_final_loss(runs, corpus_file):
     tmp, _ = runs
     (tmp / "resumed").mkdir()
     shutil.copytree(tmp / "two" / "checkpoint-3", tmp / "resumed" / "checkpoint-3")
-    launch(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29542",
+    launch(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
             "-m", "hf_scratch_gpt.cli", "train", "--loop", "accelerate",
             *loop_flags(tmp / "resumed", corpus_file, fsdp="true", resume_from_checkpoint="last",
                         **FLAGS)], tmp / "temp")  # fmt: skip
@@ -214,7 +214,8 @@ def test_trainer_fsdp_on_cpu_is_refused_not_silently_ddp(tmp_path):
     script = tmp_path / "trainer_fsdp.py"
     script.write_text(f"OUTPUT_DIR = {str(tmp_path / 'out')!r}\n" + TRAINER_FSDP_ON_CPU)
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29543", str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+         str(script)],
         cwd=ROOT, env={**ENV, **launch_temp(tmp_path / "temp")}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]

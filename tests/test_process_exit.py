@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import SMALL, launch_temp
+from helpers import SMALL, free_port, launch_temp
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -46,9 +46,8 @@ CASES = {
 def test_two_processes_exit_cleanly_and_leave_no_gloo_thread(case, tmp_path, corpus_file):
     example, flags = CASES[case]
     (tmp_path / "wrapper.py").write_text(WRAPPER)
-    port = {"loop-fsdp": "29571", "trainer-ddp": "29572"}[case]
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
          str(tmp_path / "wrapper.py"), example, "--output_dir", str(tmp_path / "run"), "--dataset", str(corpus_file),
          *COMMON, *flags],
         cwd=ROOT, env={**ENV, **launch_temp(tmp_path / "temp")}, capture_output=True, text=True, timeout=300,

@@ -17,14 +17,13 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import GPT2_SHAPES, launch_temp, random_gpt2
+from helpers import GPT2_SHAPES, free_port, launch_temp, random_gpt2
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -135,17 +134,11 @@ def test_make_demo_is_the_demo_command():
 
 
 # ---------------------------------------------------------------------------------------------------- running them
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def environment(workspace: Path) -> dict[str, str]:
     return {
         **os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
         "HF_MODULES_CACHE": str(workspace / ".modules"), "OMP_NUM_THREADS": "1",
-        "PET_MASTER_PORT": str(free_port()),  # torchrun's --master-port, so parallel test runs do not collide
+        "PET_MASTER_PORT": free_port(),  # torchrun's --master-port, so parallel test runs do not collide
         **launch_temp(workspace.parent / f"{workspace.name}-temp"),
     }  # fmt: skip
 
