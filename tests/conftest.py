@@ -45,12 +45,16 @@ def numeric_state_restored_by_module(request):
 def gpt2_pair(request):
     """(GPT2LMHeadModel, ScratchGPTForCausalLM) with identical weights, both sdpa, eval mode.
 
-    Checked before any test compares them: the process-wide numeric settings are the ones the session started with,
-    and the two models hold bit-identical float32 weights (GPT-2's names and layout back from ours)."""
+    Checked before any test compares them: the process-wide numeric settings (and the code the forwards run through)
+    are the ones the session started with, both models are in eval mode on sdpa, and they hold bit-identical float32
+    weights (GPT-2's names and layout back from ours)."""
     changed = differences(PRISTINE_NUMERIC_STATE, numeric_state())
     if changed:
         pytest.fail(f"process-wide numeric settings differ from the start of the session: {'; '.join(changed)}")
     gpt2, ours = parity_pair(request.param)
+    for model in (gpt2, ours):
+        implementation = model.config._attn_implementation
+        assert implementation == "sdpa" and not model.training, (type(model).__name__, implementation, model.training)
     theirs, mine = gpt2.state_dict(), hf_scratch_gpt.to_hf_gpt2(ours).state_dict()
     assert mine.keys() == theirs.keys()
     for name, tensor in theirs.items():

@@ -11,7 +11,15 @@ import pytest
 import torch
 from numeric_state import differences, numeric_state
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers.activations import ACT2CLS, QuickGELUActivation
 from transformers.initialization import no_init_weights
+from transformers.integrations import sdpa_attention
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.modeling_utils import AttentionInterface
+from transformers.models.gpt2 import modeling_gpt2
+from transformers.pytorch_utils import Conv1D
+
+from hf_scratch_gpt import modeling_scratch_gpt
 
 TESTS = Path(__file__).resolve().parent
 
@@ -40,6 +48,22 @@ def _matmul_precision(value):
             backend.fp32_precision = precision
 
 
+@contextlib.contextmanager
+def _replaced(owner, name, value):
+    """What an unrestored monkeypatch leaves: owner.name (an attribute, or a key of a mapping) set to value."""
+    is_mapping = isinstance(owner, dict)
+    before = owner[name] if is_mapping else getattr(owner, name)
+    owner.__setitem__(name, value) if is_mapping else setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        owner.__setitem__(name, before) if is_mapping else setattr(owner, name, before)
+
+
+def _other_sdpa(*args, **kwargs):
+    return sdpa_attention_forward(*args, **kwargs)
+
+
 CHANGES = {
     "torch.get_num_threads()": lambda: _setting(torch.get_num_threads, torch.set_num_threads, 1),
     "torch.get_default_dtype()": lambda: _setting(torch.get_default_dtype, torch.set_default_dtype, torch.float64),
@@ -54,6 +78,25 @@ CHANGES = {
     "denormals flushed (this thread, worker threads)": lambda: _setting(lambda: False, torch.set_flush_denormal, True),
     "torch.nn.init.normal_": no_init_weights,
     "PreTrainedModel.init_weights": no_init_weights,
+    # The code the two forwards run through (transformers' GPT-2, its mask and attention functions, our model).
+    "transformers.pytorch_utils.Conv1D.forward": lambda: _replaced(Conv1D, "forward", lambda self, x: x),
+    "transformers.models.gpt2.modeling_gpt2.create_causal_mask": lambda: _replaced(
+        modeling_gpt2, "create_causal_mask", lambda *args, **kwargs: None
+    ),
+    "transformers.integrations.sdpa_attention._is_torch_greater_or_equal_than_2_8": lambda: _replaced(
+        sdpa_attention, "_is_torch_greater_or_equal_than_2_8", False
+    ),
+    "ALL_ATTENTION_FUNCTIONS['sdpa']": lambda: _replaced(AttentionInterface._global_mapping, "sdpa", _other_sdpa),
+    "ACT2CLS['gelu_new']": lambda: _replaced(ACT2CLS, "gelu_new", QuickGELUActivation),
+    "hf_scratch_gpt.modeling_scratch_gpt.ACTIVATIONS['gelu_new']": lambda: _replaced(
+        modeling_scratch_gpt.ACTIVATIONS, "gelu_new", torch.nn.functional.gelu
+    ),
+    "hf_scratch_gpt.modeling_scratch_gpt.ScratchGPTLinear._column_parts": lambda: _replaced(
+        modeling_scratch_gpt.ScratchGPTLinear, "_column_parts", lambda self, row: 0
+    ),
+    "hf_scratch_gpt.modeling_scratch_gpt.ScratchGPTAttention.forward": lambda: _replaced(
+        modeling_scratch_gpt.ScratchGPTAttention, "forward", lambda self, *args, **kwargs: None
+    ),
 }
 
 
