@@ -90,6 +90,19 @@ def divergence_report(
     return "\n".join(lines)
 
 
+def parity_failure_report(
+    gpt2: torch.nn.Module, ours: torch.nn.Module, *args, keep: torch.Tensor | None = None, **kwargs
+) -> str:
+    """What a failing parity comparison adds to its message: where the two models part, module by module
+    (`divergence_report`), then whether each model's logits here are bit-identical to the logits a new process
+    computes from the same weights and inputs, with the machine, threads and extra libraries of this process
+    (`fresh_process.fresh_process_report`): which side this process's state changed, if any."""
+    from fresh_process import fresh_process_report
+
+    module_by_module = divergence_report(gpt2, ours, *args, keep=keep, **kwargs)
+    return f"{module_by_module}\n{fresh_process_report(gpt2, ours, *args, **kwargs)}"
+
+
 def assert_parity(
     actual: torch.Tensor, expected: torch.Tensor, reference: torch.Tensor, rtol: float = RTOL, explain=None
 ) -> None:

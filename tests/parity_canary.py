@@ -1,11 +1,12 @@
 """pytest plugin for the issue-15 stress loop (not part of the default suite): after every test, rebuild the
-1L-3H-48 pair of test_parity's failing case, run its forward, and log when the gap between the two models is not
-the one the first test of the run saw.
+1L-3H-48 pair of test_parity's failing case, run its forward, and log when either model's logits are not
+bit-identical to the logits a new process computes for the same weights and inputs (taken once per run).
 
 One suite run then samples the comparison after each of its ~450 tests instead of once, and a deviation is logged
 with the test that ran just before it, the process-wide numeric settings that differ from the session's start,
-each side's distance from float64, and where the two models part (`divergence_report`). The torch, Python and
-NumPy random states are saved and restored around it, so the tests see the numbers they would see without it.
+each side's distance from float64, and `parity_failure_report` (where the models part, module by module; the
+machine, threads and extra libraries). The torch, Python and NumPy random states are saved and restored around it,
+so the tests see the numbers they would see without it.
 
     PYTHONPATH=tests python -m pytest -p parity_canary tests          (log: $PARITY_CANARY_LOG or /tmp/parity_canary.log)
     STRESS_CANARY=1 tests/stress_parity.sh 20
@@ -30,7 +31,11 @@ def _log(line: str) -> None:
 
 
 def _canary() -> tuple[tuple[str, tuple[int, ...]], str]:
-    from helpers import divergence_report, float64_logits, parity_pair, unpadded_case
+    """(the gap between the models and where, "") when both models' logits are bit-identical to the ones a new
+    process computed at the first check of the run (`fresh_process`); otherwise the detail for the log: which side
+    changed, then `parity_failure_report`."""
+    from fresh_process import fresh_process_logits
+    from helpers import float64_logits, parity_failure_report, parity_pair, unpadded_case
 
     gpt2, ours = parity_pair("1L-3H-48")
     input_ids, labels = unpadded_case(gpt2.config.vocab_size)  # test_logits_and_loss_unpadded's inputs, exactly
@@ -39,13 +44,24 @@ def _canary() -> tuple[tuple[str, tuple[int, ...]], str]:
     gap = (actual - expected).abs()
     where = tuple(int(i) for i in torch.nonzero(gap == gap.max())[0])
     key = (f"{gap.max().item():.4g}", where)
-    if _first.setdefault("key", key) == key:
+    fresh = _first.get("fresh")
+    if fresh is None:
+        fresh = _first["fresh"] = fresh_process_logits(gpt2, input_ids, labels=labels)
+        if "error" in fresh:
+            raise RuntimeError(f"no baseline from a new process: {fresh['error']}")
+    changed = [
+        name for name, here in (("GPT2LMHeadModel", expected), ("ScratchGPT", actual))
+        if not torch.equal(here, fresh["gpt2" if name == "GPT2LMHeadModel" else "ours"])
+    ]
+    _first.setdefault("key", key)
+    if not changed:
         return key, ""
     reference = float64_logits(gpt2, input_ids)
     return key, (
+        f"not bit-identical to a new process: {', '.join(changed)}; "
         f"|ScratchGPT - float64| {(actual.double() - reference).abs().max():.4g}, "
         f"|GPT2LMHeadModel - float64| {(expected.double() - reference).abs().max():.4g}\n"
-        + divergence_report(gpt2, ours, input_ids)
+        + parity_failure_report(gpt2, ours, input_ids, labels=labels)
     )
 
 

@@ -55,7 +55,8 @@ for ((i = 1; i <= runs; i++)); do
         rm -f "$out"
     else
         echo "$(date -u +%FT%TZ) run $i/$runs FAILED ($((SECONDS - start)) s, $seeds), output in $out" | tee -a "$log"
-        grep -E "^(FAILED|ERROR)|Mismatched|Greatest|float64" "$out" | head -n 20 | tee -a "$log"
+        grep -E "^(FAILED|ERROR)|Mismatched|Greatest|float64|new process|=> |machine: |threads: |libraries" "$out" \
+            | head -n 40 | tee -a "$log"
         exit 1
     fi
 done

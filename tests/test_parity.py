@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import (
-    GPT2_SHAPES, assert_close_rel, assert_parity, divergence_report, float64_logits, labels_from, left_padded_batch,
-    random_gpt2, right_padded_batch, unpadded_case,
+    GPT2_SHAPES, assert_close_rel, assert_parity, float64_logits, labels_from, left_padded_batch, parity_failure_report,
+    parity_pair, random_gpt2, right_padded_batch, unpadded_case,
 )
 from transformers import DynamicCache
 
@@ -19,7 +19,7 @@ def test_logits_and_loss_unpadded(gpt2_pair):
     with torch.no_grad():
         expected = gpt2(input_ids, labels=labels)
         actual = ours(input_ids, labels=labels)
-    explain = lambda: divergence_report(gpt2, ours, input_ids, labels=labels)  # noqa: E731 (only run on failure)
+    explain = lambda: parity_failure_report(gpt2, ours, input_ids, labels=labels)  # noqa: E731 (only on failure)
     assert_parity(actual.logits, expected.logits, float64_logits(gpt2, input_ids), explain=explain)
     assert_close_rel(actual.loss, expected.loss)
 
@@ -35,7 +35,7 @@ def test_logits_and_loss_padded(gpt2_pair, make_batch):
         actual = ours(input_ids, attention_mask=attention_mask, position_ids=position_ids, labels=labels)
     keep = attention_mask.bool()  # padding positions' outputs are meaningless on both sides
     reference = float64_logits(gpt2, input_ids, attention_mask=attention_mask, position_ids=position_ids)
-    explain = lambda: divergence_report(  # noqa: E731 (only run on failure)
+    explain = lambda: parity_failure_report(  # noqa: E731 (only run on failure)
         gpt2, ours, input_ids, attention_mask=attention_mask, position_ids=position_ids, labels=labels, keep=keep
     )
     assert_parity(actual.logits[keep], expected.logits[keep], reference[keep], explain=explain)
@@ -178,20 +178,40 @@ def test_bf16_logits_close_to_float32(gpt2_pair):
     torch.testing.assert_close(low.loss, reference.loss, rtol=3e-2, atol=3e-2)
 
 
-def test_a_parity_failure_names_the_side_and_the_module_where_the_models_part():
-    """The diagnostic of issue 15: exact GELU in place of GPT-2's tanh approximation, in ours only, makes the
-    comparison fail naming ScratchGPT and the MLP's output projection as the first module that differs."""
+def test_a_parity_failure_names_the_side_the_module_and_what_a_new_process_computes():
+    """The diagnostic of issue 15: exact GELU in place of GPT-2's tanh approximation, in ours only and only in this
+    process (a change to a live model, like a state left by an earlier test), makes the comparison fail naming
+    ScratchGPT, the MLP's output projection as the first module that differs, and ScratchGPT as the side whose
+    logits are not bit-identical to a new process's, while GPT-2's are."""
     gpt2 = random_gpt2(**GPT2_SHAPES["1L-3H-48"])
     ours = hf_scratch_gpt.from_hf_gpt2(gpt2).eval()
     ours.transformer.h[0].mlp.act = F.gelu
     input_ids = torch.randint(0, gpt2.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, actual = gpt2(input_ids).logits, ours(input_ids).logits
-    explain = lambda: divergence_report(gpt2, ours, input_ids)  # noqa: E731
+    explain = lambda: parity_failure_report(gpt2, ours, input_ids)  # noqa: E731
     with pytest.raises(AssertionError) as failure:
         assert_parity(actual, expected, float64_logits(gpt2, input_ids), explain=explain)
     message = str(failure.value)
     assert "ScratchGPT is the one that deviates" in message
-    rows = [line.split(":") for line in message.split("module by module:\n")[1].splitlines()[1:]]
+    module_rows = message.split("module by module:\n")[1].split("\nIn a new process")[0].splitlines()[1:]
+    rows = [line.rsplit(":", 1) for line in module_rows]
     first_apart = next(name.strip() for name, values in rows if float(values.split(",")[0]) > 0)
     assert first_apart == "transformer.h.0.mlp.c_proj", message
+    assert "GPT2LMHeadModel here: bit-identical to a new process" in message, message
+    assert "ScratchGPT here: DIFFERS from a new process" in message, message
+    assert "=> ScratchGPT computed other numbers in this process" in message, message
+    assert "machine: " in message and "shared libraries loaded here and not in a new process: " in message, message
+
+
+def test_a_new_process_computes_the_same_bits_as_this_one():
+    """The premise of the report above: with nothing changed, both models' logits here are bit-identical to a new
+    process's (same weights, inputs and thread count), padded inputs and keyword arguments included."""
+    from fresh_process import fresh_process_report
+
+    gpt2, ours = parity_pair("2L-4H-32")
+    input_ids, attention_mask = left_padded_batch([7, 3], gpt2.config.vocab_size, seed=4)
+    report = fresh_process_report(gpt2, ours, input_ids, attention_mask=attention_mask, use_cache=False)
+    assert "GPT2LMHeadModel here: bit-identical to a new process" in report, report
+    assert "ScratchGPT here: bit-identical to a new process" in report, report
+    assert "=> neither model's numbers depend on this process's state" in report, report
