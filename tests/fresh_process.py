@@ -4,18 +4,21 @@ The deviation reported in issue 15 was bit-identical each time it happened and n
 and inputs in a process of their own, which points at something this process acquired from the tests before it.
 Which model is affected is then a yes/no question, asked of each side on its own: are its logits here bit-identical
 to the logits a new process computes from the same weights and inputs (same thread count, same machine)? A model
-whose numbers changed with the process answers no. This is sharper than the float64 comparison of `assert_parity`,
-which cannot tell a changed path that still rounds well from the normal one.
+whose numbers changed with the process answers no. This is sharper than the float64 comparison of `assert_parity`:
+that reference is a float64 copy of GPT-2 as it is in this process, so a change made to GPT-2 here moves it too
+(and the comparison then names the wrong side), and it cannot tell a changed path that still rounds well from the
+normal one. `helpers.assert_models_agree` acts on the answer.
 
 The report also records what the next person needs and what no earlier report had: the machine (CPU model and the
 instruction sets that select kernels, load average), the threads alive in this process, and the shared libraries
 loaded here that a new process does not load.
 
-    python tests/fresh_process.py FOLDER     (the child: what `fresh_process_logits` runs; not for direct use)
+    python tests/fresh_process.py FOLDER     (the child: what `fresh_process_outputs` runs; not for direct use)
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -92,60 +95,77 @@ def _split_call(args: tuple, kwargs: dict) -> tuple[dict[str, torch.Tensor], dic
     return tensors, spec
 
 
-def fresh_process_logits(gpt2: torch.nn.Module, *args, **kwargs) -> dict[str, object]:
+def fresh_process_outputs(gpt2: torch.nn.Module, *args, **kwargs) -> dict[str, object]:
     """Build the pair from `gpt2`'s weights in a new interpreter (GPT-2 from its saved folder, ScratchGPT through
     `from_hf_gpt2`, both eval mode, GPT-2's attention implementation, this process's thread count) and run
-    `model(*args, **kwargs)` on both. Returns {"gpt2": logits, "ours": logits, "libraries": set of names} or
-    {"error": text}."""
+    `model(*args, **kwargs)` on both and on a float64 copy of GPT-2. Returns {"gpt2", "ours", "gpt2_float64":
+    logits; "gpt2_loss", "ours_loss": losses when the call has labels; "libraries": the new process's shared
+    libraries}, or {"error": text}."""
     with tempfile.TemporaryDirectory(prefix="parity-rerun-") as tmp:
         folder = Path(tmp)
         gpt2.save_pretrained(folder / "gpt2")
         tensors, spec = _split_call(args, kwargs)
         spec |= {"threads": torch.get_num_threads(), "attn_implementation": gpt2.config._attn_implementation}
-        save_file({name: value.contiguous() for name, value in tensors.items()}, folder / "inputs.safetensors")
+        unshared = {name: value.clone(memory_format=torch.contiguous_format) for name, value in tensors.items()}
+        save_file(unshared, folder / "inputs.safetensors")
         (folder / "call.json").write_text(json.dumps(spec))
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         try:
             child = subprocess.run(
-                [sys.executable, __file__, str(folder)], env=env, capture_output=True, text=True, timeout=300
+                [sys.executable, __file__, str(folder)],
+                env=env, capture_output=True, text=True, timeout=300, check=False,
             )
         except subprocess.TimeoutExpired:
             return {"error": "the new process did not finish in 300 s"}
         if child.returncode != 0:
             last = (child.stderr.strip().splitlines() or ["no output"])[-1]
             return {"error": f"the new process exited {child.returncode}: {last}"}
-        logits = load_file(folder / "fresh_logits.safetensors")
-        libraries = set(json.loads((folder / "fresh_libraries.json").read_text()))
-    return {"gpt2": logits["gpt2"], "ours": logits["ours"], "libraries": libraries}
+        outputs: dict[str, object] = dict(load_file(folder / "fresh_outputs.safetensors"))
+        outputs["libraries"] = set(json.loads((folder / "fresh_libraries.json").read_text()))
+    return outputs
 
 
-def _same_or_how_far(here: torch.Tensor, fresh: torch.Tensor) -> str:
-    if torch.equal(here, fresh):
+def same_as_fresh(output, fresh: dict, side: str) -> bool:
+    """`output` (a model output with .logits and maybe .loss) is bit-identical to `side`'s ("gpt2" or "ours") in
+    the new process."""
+    if not torch.equal(output.logits, fresh[side]):
+        return False
+    return output.loss is None or torch.equal(output.loss, fresh[f"{side}_loss"])
+
+
+def _same_or_how_far(output, fresh: dict, side: str) -> str:
+    if same_as_fresh(output, fresh, side):
         return "bit-identical to a new process"
-    gap = (here - fresh).abs()
+    gap = (output.logits - fresh[side]).abs()
     where = tuple(int(i) for i in torch.nonzero(gap == gap.max())[0])
-    return f"DIFFERS from a new process: max |here - new| = {gap.max():.4g} at {where}"
+    loss = ""
+    if output.loss is not None:
+        loss = f", loss {output.loss.item():.9g} here, {fresh[f'{side}_loss'].item():.9g} new"
+    return f"DIFFERS from a new process: max |logits here - new| = {gap.max():.4g} at {where}{loss}"
 
 
 def compare_with_fresh(gpt2: torch.nn.Module, ours: torch.nn.Module, fresh: dict, *args, **kwargs) -> str:
-    """The lines of the report: each side here against the same side in the new process, then what it means."""
+    """The lines of the report: each side's logits (and loss) here against the same side's in the new process, what
+    that means, and the machine, threads and libraries of this process."""
     if "error" in fresh:
         return f"In a new process on this machine: no result ({fresh['error']})."
     with torch.no_grad():
-        here = {"gpt2": gpt2(*args, **kwargs).logits, "ours": ours(*args, **kwargs).logits}
-    changed = [name for name in ("gpt2", "ours") if not torch.equal(here[name], fresh[name])]
+        here = {"gpt2": gpt2(*args, **kwargs), "ours": ours(*args, **kwargs)}
     names = {"gpt2": "GPT2LMHeadModel", "ours": "ScratchGPT"}
+    changed = [names[side] for side in names if not same_as_fresh(here[side], fresh, side)]
     if not changed:
         verdict = "neither model's numbers depend on this process's state (the cause, if any, is elsewhere)"
     else:
-        verdict = f"{' and '.join(names[name] for name in changed)} computed other numbers in this process"
+        verdict = f"{' and '.join(changed)} computed other numbers in this process"
     extra = sorted(loaded_libraries() - fresh["libraries"])
     return "\n".join([
         "In a new process on this machine (same weights, inputs and thread count):",
-        f"  GPT2LMHeadModel here: {_same_or_how_far(here['gpt2'], fresh['gpt2'])}",
-        f"  ScratchGPT here: {_same_or_how_far(here['ours'], fresh['ours'])}",
-        f"  max |ScratchGPT - GPT2LMHeadModel| here {(here['ours'] - here['gpt2']).abs().max():.4g}, "
-        f"in the new process {(fresh['ours'] - fresh['gpt2']).abs().max():.4g}",
+        f"  GPT2LMHeadModel here: {_same_or_how_far(here['gpt2'], fresh, 'gpt2')}",
+        f"  ScratchGPT here: {_same_or_how_far(here['ours'], fresh, 'ours')}",
+        (
+            f"  max |ScratchGPT - GPT2LMHeadModel| here {(here['ours'].logits - here['gpt2'].logits).abs().max():.4g}, "
+            f"in the new process {(fresh['ours'] - fresh['gpt2']).abs().max():.4g}"
+        ),
         f"  => {verdict}",
         f"  {machine_facts()}",
         f"  {thread_names()}",
@@ -154,8 +174,8 @@ def compare_with_fresh(gpt2: torch.nn.Module, ours: torch.nn.Module, fresh: dict
 
 
 def fresh_process_report(gpt2: torch.nn.Module, ours: torch.nn.Module, *args, **kwargs) -> str:
-    """`compare_with_fresh` after one `fresh_process_logits`: what a parity failure adds to its message."""
-    return compare_with_fresh(gpt2, ours, fresh_process_logits(gpt2, *args, **kwargs), *args, **kwargs)
+    """`compare_with_fresh` after one `fresh_process_outputs`: what a parity failure adds to its message."""
+    return compare_with_fresh(gpt2, ours, fresh_process_outputs(gpt2, *args, **kwargs), *args, **kwargs)
 
 
 def _child(folder: Path) -> None:
@@ -172,9 +192,15 @@ def _child(folder: Path) -> None:
     tensors = load_file(folder / "inputs.safetensors")
     args = [tensors[f"arg{i}"] for i in range(spec["n_args"])]
     kwargs = {name: tensors[name] for name in spec["tensor_kwargs"]} | spec["other_kwargs"]
+    outputs = {}
     with torch.no_grad():
-        logits = {"gpt2": gpt2(*args, **kwargs).logits, "ours": ours(*args, **kwargs).logits}
-    save_file({name: value.contiguous() for name, value in logits.items()}, folder / "fresh_logits.safetensors")
+        for side, model in (("gpt2", gpt2), ("ours", ours)):
+            output = model(*args, **kwargs)
+            outputs[side] = output.logits
+            if output.loss is not None:
+                outputs[f"{side}_loss"] = output.loss
+        outputs["gpt2_float64"] = copy.deepcopy(gpt2).to(torch.float64)(*args, **kwargs).logits
+    save_file({name: value.contiguous() for name, value in outputs.items()}, folder / "fresh_outputs.safetensors")
     (folder / "fresh_libraries.json").write_text(json.dumps(sorted(loaded_libraries())))
 
 

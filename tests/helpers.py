@@ -2,6 +2,7 @@
 
 import copy
 import socket
+import warnings
 from pathlib import Path
 
 import torch
@@ -91,25 +92,32 @@ def divergence_report(
 
 
 def parity_failure_report(
-    gpt2: torch.nn.Module, ours: torch.nn.Module, *args, keep: torch.Tensor | None = None, **kwargs
+    gpt2: torch.nn.Module,
+    ours: torch.nn.Module,
+    *args,
+    keep: torch.Tensor | None = None,
+    fresh: dict | None = None,
+    **kwargs,
 ) -> str:
     """What a failing parity comparison adds to its message: where the two models part, module by module
     (`divergence_report`), then whether each model's logits here are bit-identical to the logits a new process
-    computes from the same weights and inputs, with the machine, threads and extra libraries of this process
-    (`fresh_process.fresh_process_report`): which side this process's state changed, if any."""
-    from fresh_process import fresh_process_report
+    computes from the same weights and inputs (`fresh`, if already run), with the machine, threads and extra
+    libraries of this process (`fresh_process.compare_with_fresh`): which side this process's state changed."""
+    from fresh_process import compare_with_fresh, fresh_process_outputs
 
+    if fresh is None:
+        fresh = fresh_process_outputs(gpt2, *args, **kwargs)
     module_by_module = divergence_report(gpt2, ours, *args, keep=keep, **kwargs)
-    return f"{module_by_module}\n{fresh_process_report(gpt2, ours, *args, **kwargs)}"
+    against_fresh = compare_with_fresh(gpt2, ours, fresh, *args, **kwargs)
+    return f"The same inputs again, module by module:\n{module_by_module}\n{against_fresh}"
 
 
-def assert_parity(
-    actual: torch.Tensor, expected: torch.Tensor, reference: torch.Tensor, rtol: float = RTOL, explain=None
-) -> None:
+def assert_parity(actual: torch.Tensor, expected: torch.Tensor, reference: torch.Tensor, rtol: float = RTOL) -> None:
     """ScratchGPT's tensor `actual` equals GPT2LMHeadModel's `expected` (`assert_close_rel`, same tolerance), and each
-    is checked against `reference`, the float64 forward of the same weights, so that a failure names the side that
-    left float32 rounding instead of only reporting that the two disagree. `explain`, if given, is called on failure
-    and its text (e.g. `divergence_report`, which module parted first) is added to the message."""
+    is checked against `reference`, the float64 forward of GPT-2's weights, so that a failure says which side is the
+    further from it instead of only reporting that the two disagree. The reference is a float64 copy of GPT-2 as it
+    is in this process: a change made to the GPT-2 model here moves it too, which `assert_models_agree`'s check
+    against a new process does not miss."""
 
     def describe(message: str) -> str:
         ours = (actual.double() - reference).abs()
@@ -120,12 +128,60 @@ def assert_parity(
         return (
             f"{message}\nagainst the float64 forward: max |ScratchGPT - float64| = {ours.max():.4g}, "
             f"max |GPT2LMHeadModel - float64| = {theirs.max():.4g}; at {where}: ScratchGPT {actual[where]:.9g}, "
-            f"GPT2LMHeadModel {expected[where]:.9g}, float64 {reference[where]:.9g}. {side} is the one that deviates."
-            + (f"\nThe same inputs again, module by module:\n{explain()}" if explain is not None else "")
+            f"GPT2LMHeadModel {expected[where]:.9g}, float64 {reference[where]:.9g}. {side} is the further from it."
         )
 
     assert_close_rel(actual, expected, rtol=rtol, msg=describe)
     assert_close_rel(actual.double(), reference, rtol=rtol, msg=describe)
+
+
+class ReferenceChangedWarning(UserWarning):
+    """GPT2LMHeadModel, the reference, computed other numbers in this process than in a new one (issue 15)."""
+
+
+def assert_models_agree(
+    gpt2: torch.nn.Module, ours: torch.nn.Module, *args, keep: torch.Tensor | None = None, **kwargs
+) -> None:
+    """test_parity's comparison of one call `model(*args, **kwargs)`: ScratchGPT's logits equal GPT2LMHeadModel's
+    and a float64 forward's (`assert_parity`), on the (batch, seq_len) positions `keep` if given, and so does the
+    loss when the call has labels.
+
+    On a mismatch the same call runs again in a new process (`fresh_process`), and each model is asked whether its
+    logits and loss here are bit-identical to the new process's. If only GPT-2's are not, the process changed the
+    reference, not the model under test (issue 15 asks for that case to be made robust by construction): ScratchGPT
+    is then held, at the same tolerance, to the new process's GPT-2 and float64 forward, and the test passes with a
+    `ReferenceChangedWarning` carrying the report. In every other case it fails with the report: where the models
+    part, module by module, each side against the new process, the machine, threads and extra libraries."""
+    from fresh_process import fresh_process_outputs, same_as_fresh
+
+    select = (lambda tensor: tensor[keep]) if keep is not None else (lambda tensor: tensor)
+
+    def check(mine, logits: torch.Tensor, loss: torch.Tensor | None, reference: torch.Tensor) -> None:
+        assert_parity(select(mine.logits), select(logits), select(reference))
+        if loss is not None:
+            assert_close_rel(mine.loss, loss, msg=lambda message: f"loss: {message}")
+
+    with torch.no_grad():
+        theirs, mine = gpt2(*args, **kwargs), ours(*args, **kwargs)
+    try:
+        check(mine, theirs.logits, theirs.loss, float64_logits(gpt2, *args, **kwargs))
+        return
+    except AssertionError as failure:
+        first = str(failure)
+    fresh = fresh_process_outputs(gpt2, *args, **kwargs)
+    report = f"{first}\n{parity_failure_report(gpt2, ours, *args, keep=keep, fresh=fresh, **kwargs)}"
+    if "error" in fresh or not same_as_fresh(mine, fresh, "ours") or same_as_fresh(theirs, fresh, "gpt2"):
+        raise AssertionError(report)
+    try:
+        check(mine, fresh["gpt2"], fresh.get("gpt2_loss"), fresh["gpt2_float64"])
+    except AssertionError as failure:
+        raise AssertionError(f"{report}\nAgainst the new process's GPT-2 too: {failure}") from None
+    warnings.warn(
+        "GPT2LMHeadModel computed other numbers in this process than in a new one; ScratchGPT, bit-identical to the "
+        f"new process, equals the new process's GPT-2 and float64 forward at the same tolerance.\n{report}",
+        ReferenceChangedWarning,
+        stacklevel=2,
+    )
 
 
 def left_padded_batch(lengths: list[int], vocab_size: int, pad_id: int = 0, seed: int = 0):

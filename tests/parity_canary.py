@@ -34,7 +34,7 @@ def _canary() -> tuple[tuple[str, tuple[int, ...]], str]:
     """(the gap between the models and where, "") when both models' logits are bit-identical to the ones a new
     process computed at the first check of the run (`fresh_process`); otherwise the detail for the log: which side
     changed, then `parity_failure_report`."""
-    from fresh_process import fresh_process_logits
+    from fresh_process import fresh_process_outputs
     from helpers import float64_logits, parity_failure_report, parity_pair, unpadded_case
 
     gpt2, ours = parity_pair("1L-3H-48")
@@ -46,7 +46,7 @@ def _canary() -> tuple[tuple[str, tuple[int, ...]], str]:
     key = (f"{gap.max().item():.4g}", where)
     fresh = _first.get("fresh")
     if fresh is None:
-        fresh = _first["fresh"] = fresh_process_logits(gpt2, input_ids, labels=labels)
+        fresh = _first["fresh"] = fresh_process_outputs(gpt2, input_ids, labels=labels)
         if "error" in fresh:
             raise RuntimeError(f"no baseline from a new process: {fresh['error']}")
     changed = [
