@@ -173,11 +173,6 @@ def compare_with_fresh(gpt2: torch.nn.Module, ours: torch.nn.Module, fresh: dict
     ])
 
 
-def fresh_process_report(gpt2: torch.nn.Module, ours: torch.nn.Module, *args, **kwargs) -> str:
-    """`compare_with_fresh` after one `fresh_process_outputs`: what a parity failure adds to its message."""
-    return compare_with_fresh(gpt2, ours, fresh_process_outputs(gpt2, *args, **kwargs), *args, **kwargs)
-
-
 def _child(folder: Path) -> None:
     from transformers import GPT2LMHeadModel
 
