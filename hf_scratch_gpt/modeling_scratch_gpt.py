@@ -264,9 +264,10 @@ class ScratchGPTLinear(nn.Linear):
     project's machine, where two threads read 32 GB/s), and a handful of rows to a matrix product that is slower
     still per byte. When the weight is stored (in, out) — the layout `generate` gives it, see
     `store_linear_weights_transposed` — its columns split into equal blocks that are (in, out/parts) matrices
-    without a copy, and one `baddbmm` over those blocks runs them in parallel. Each output is the same dot product:
-    for one row the result is bit-identical to `F.linear` (tested); for up to `MAX_SPLIT_ROWS` rows (batched
-    decoding) it is equal to float32 rounding. Everything else (prefill and training batches, gradients, other
+    without a copy, and one `baddbmm` over those blocks runs them in parallel. Each output is the same dot product,
+    summed in the order MKL's kernel for the block shape picks: for one row and for up to `MAX_SPLIT_ROWS` rows
+    (batched decoding) equal to `F.linear` to float32 rounding (tested), not bit-identical (on an AVX-512 Xeon
+    even `F.linear`'s one-row result depends on the weight's layout). Everything else (prefill and training batches, gradients, other
     devices or dtypes, quantized or distributed weights, the (out, in) layout, `torch.compile`) goes through
     `F.linear`.
     """
