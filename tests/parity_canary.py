@@ -49,10 +49,12 @@ def _canary() -> tuple[tuple[str, tuple[int, ...]], str]:
         fresh = _first["fresh"] = fresh_process_outputs(gpt2, input_ids, labels=labels)
         if "error" in fresh:
             raise RuntimeError(f"no baseline from a new process: {fresh['error']}")
-    changed = [
-        name for name, here in (("GPT2LMHeadModel", expected), ("ScratchGPT", actual))
-        if not torch.equal(here, fresh["gpt2" if name == "GPT2LMHeadModel" else "ours"])
-    ]
+    changed = []
+    for name, here, side in (("GPT2LMHeadModel", expected, "gpt2"), ("ScratchGPT", actual, "ours")):
+        if not torch.equal(here, fresh[side]):
+            apart = (here - fresh[side]).abs()
+            where_apart = tuple(int(i) for i in torch.nonzero(apart == apart.max())[0])
+            changed.append(f"{name} (max |here - new| {apart.max():.4g} at {where_apart})")
     _first.setdefault("key", key)
     if not changed:
         return key, ""

@@ -211,3 +211,59 @@ def test_a_reference_changed_in_this_process_is_replaced_by_a_new_processs():
     assert "GPT2LMHeadModel here: DIFFERS from a new process" in message, message
     assert "ScratchGPT here: bit-identical to a new process" in message, message
     assert "=> GPT2LMHeadModel computed other numbers in this process" in message, message
+
+
+
+def _aten_calls(function) -> list[tuple[str, int]]:
+    """The aten operators `function()` dispatches, in order, as (name, elements of the first tensor argument); in-place
+    and out variants under their base name."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            first = next((arg for arg in args if torch.is_tensor(arg)), None)
+            calls.append((func.overloadpacket.__name__.rstrip("_"), -1 if first is None else first.numel()))
+            return func(*args, **(kwargs or {}))
+
+    calls: list[tuple[str, int]] = []
+    with Recorder():
+        function()
+    return calls
+
+
+def test_scratchgpt_calls_mkl_vml_only_after_its_first_calls_and_gpt2_does_not(monkeypatch):
+    """Issue 15's cause: torch computes tanh, exp, log, ... of float32 CPU tensors with MKL's vector math (VML),
+    whose first call on several threads at once can return a less accurate result (tests/mkl_vml.py). GPT-2's
+    "gelu_new" is torch.tanh, so its first forward in a process can be off; that is the reported deviation.
+    ScratchGPT's forward and cached decoding dispatch no VML operator, and its training loss's exp and log come
+    after `make_mkl_vml_first_calls` has made those first calls on every thread."""
+    from mkl_vml import VML_FUNCTIONS
+
+    from hf_scratch_gpt import modeling_scratch_gpt
+
+    gpt2 = random_gpt2(**GPT2_SHAPES["1L-3H-48"])
+    ours = hf_scratch_gpt.from_hf_gpt2(gpt2).eval()
+    input_ids, labels = unpadded_case(gpt2.config.vocab_size)
+
+    def vml_calls(function):
+        return [(name, size) for name, size in _aten_calls(function) if name in VML_FUNCTIONS]
+
+    def decode():
+        ours.generate(input_ids[:1, :5], max_new_tokens=3, do_sample=False, pad_token_id=0)
+
+    with torch.no_grad():
+        assert vml_calls(lambda: ours(input_ids, labels=labels)) == []
+        assert vml_calls(decode) == []
+        assert ("tanh", 3 * 17 * 4 * 48) in vml_calls(lambda: gpt2(input_ids))
+
+    def train_step():
+        ours.train()
+        ours(input_ids, labels=labels).loss.backward()
+        ours.eval()
+
+    monkeypatch.setattr(modeling_scratch_gpt, "_MKL_VML_FIRST_CALLS_MADE", set())  # as in a new process
+    size = 2 * 2048 * torch.get_num_threads()
+    warm_up = [("exp", size), ("log", size)] if torch.get_num_threads() > 1 else []  # one thread: nothing to warm
+    calls = vml_calls(train_step)
+    assert calls[: len(warm_up)] == warm_up and {name for name, _ in calls} == {"exp", "log"}, calls
+    assert vml_calls(train_step) == calls[len(warm_up):]  # once per process and thread count
