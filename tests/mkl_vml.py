@@ -19,8 +19,9 @@ every function is then accurate on every thread, and says what the first calls d
 session starts and again before every parity comparison (a thread the pool added since gets its first call
 there), and the new process of `fresh_process` runs it before its forwards.
 
-    python tests/mkl_vml.py [N]     N new processes, each making the first tanh call on all threads: how many were
-                                    inaccurate, and by how much (the reproduction; not part of the suite)
+    python tests/mkl_vml.py [N]     N new processes, each making its first tanh call on all threads: how many
+                                    computed it otherwise than the second call, and how far off (the reproduction;
+                                    not part of the suite; about 5% on the machine above)
 
 ISSUE15_SKIP_VML_WARMUP=1 leaves the first calls to the tests (to show the failure come back in the stress loop).
 """
@@ -92,26 +93,32 @@ def warm_up_vml() -> str:
 
 
 def _first_tanh_call() -> None:
-    """The child of `main`: a new process's first tanh call on all threads, as JSON."""
-    torch.set_num_threads(int(sys.argv[2]))
-    error, chunks = vml_errors(("tanh",))["tanh"]
-    print(json.dumps({"error": error, "chunks": chunks}))
+    """The child of `main`: a new process's first torch.tanh, on normal samples split over all threads (test_parity's
+    GPT-2 activations had 1728 elements a thread), against float64 and against a second call, as JSON."""
+    threads = int(sys.argv[2])
+    torch.set_num_threads(threads)
+    x = torch.randn(1728 * threads, generator=torch.Generator().manual_seed(0))
+    first, second = torch.tanh(x), torch.tanh(x)
+    error = (first.double() - torch.tanh(x.double())).abs()
+    differs = (first != second).view(threads, -1).any(dim=1)
+    print(json.dumps({"error": error.max().item(), "chunks": [i for i, bad in enumerate(differs.tolist()) if bad]}))
 
 
 def main(runs: int) -> int:
     threads = torch.get_num_threads()
-    inaccurate = []
+    inaccurate, worst = [], 0.0
     for _ in range(runs):
         child = subprocess.run(
             [sys.executable, __file__, "--child", str(threads)], capture_output=True, text=True, check=True
         )
         result = json.loads(child.stdout)
+        worst = max(worst, result["error"])
         if result["chunks"]:
             inaccurate.append(result)
-    worst = max((result["error"] for result in inaccurate), default=0.0)
     print(
-        f"{len(inaccurate)} of {runs} new processes computed their first torch.tanh inaccurately on {threads} threads "
-        f"(largest relative error {worst:.3g}; accurate is below {ACCURATE:g}); torch {torch.__version__}"
+        f"{len(inaccurate)} of {runs} new processes computed their first torch.tanh on {threads} threads otherwise "
+        f"than the second (largest error against float64 of all {runs}: {worst:.3g}; accurate is about 3e-8); "
+        f"torch {torch.__version__}"
     )
     return 0
 
