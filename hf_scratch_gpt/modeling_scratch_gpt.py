@@ -293,9 +293,9 @@ class ScratchGPTLinear(nn.Linear):
     without a copy, and one `baddbmm` over those blocks runs them in parallel. Each output is the same dot product,
     summed in the order MKL's kernel for the block shape picks: for one row and for up to `MAX_SPLIT_ROWS` rows
     (batched decoding) equal to `F.linear` to float32 rounding (tested), not bit-identical (on an AVX-512 Xeon
-    even `F.linear`'s one-row result depends on the weight's layout). Everything else (prefill and training batches, gradients, other
-    devices or dtypes, quantized or distributed weights, the (out, in) layout, `torch.compile`) goes through
-    `F.linear`.
+    even `F.linear`'s one-row result depends on the weight's layout). Everything else (prefill and training
+    batches, gradients, other devices or dtypes, quantized or distributed weights, the (out, in) layout,
+    `torch.compile`) goes through `F.linear`.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

@@ -213,7 +213,6 @@ def test_a_reference_changed_in_this_process_is_replaced_by_a_new_processs():
     assert "=> GPT2LMHeadModel computed other numbers in this process" in message, message
 
 
-
 def _aten_calls(function) -> list[tuple[str, int]]:
     """The aten operators `function()` dispatches, in order, as (name, elements of the first tensor argument); in-place
     and out variants under their base name."""
