@@ -16,7 +16,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .loading import CONFIG_NAME, TOKENIZER_FILE_SETS, check_model_folder, read_tensor_shapes, safetensors_files
+from .loading import CONFIG_NAME, TOKENIZER_FILE_SETS, check_model_folder, check_weight_files, read_tensor_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def model_facts(model_dir: str | os.PathLike) -> dict[str, Any]:
     """Sizes of a saved model for its card, read from (and checked against) the folder's config and weights."""
     config = check_model_folder(model_dir)
     shapes: dict[str, tuple[int, ...]] = {}
-    for weight_file in safetensors_files(model_dir):
+    for weight_file in check_weight_files(model_dir):
         shapes.update(read_tensor_shapes(weight_file))
     parameters = sum(_numel(shape) for shape in shapes.values())  # the tied head is stored once
     return {
@@ -288,7 +288,7 @@ def plan_upload(model_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
         )
     validate_model_card(model_dir / CARD_NAME)
 
-    weights = [path.name for path in safetensors_files(model_dir)]
+    weights = [path.name for path in check_weight_files(model_dir)]
     if (model_dir / "model.safetensors.index.json").is_file():
         weights.append("model.safetensors.index.json")
     candidates = [*REQUIRED_FILES, *OPTIONAL_FILES, *TOKENIZER_FILES, *weights]

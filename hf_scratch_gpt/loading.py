@@ -1,7 +1,7 @@
 """Load a saved ScratchGPT folder (or Hub repo) with clear errors and without ever unpickling weights.
 
 `from_pretrained` alone, on transformers 5.23, answers bad folders obscurely or not at all (measured, see
-`tests/test_loading.py`; the model class's own `from_pretrained` hooks now refuse the items marked *):
+`tests/test_loading.py`; the model class's own `from_pretrained` now refuses the items marked *):
 
 - a truncated or corrupted `model.safetensors` → `SafetensorError: Error while deserializing header: ...`
   without the file's name (*);
@@ -25,16 +25,19 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from .configuration_scratch_gpt import ScratchGPTConfig
-from .modeling_scratch_gpt import ScratchGPTForCausalLM
+from .modeling_scratch_gpt import (
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    UNSAFE_WEIGHT_NAMES,
+    ScratchGPTForCausalLM,
+    check_weight_files,
+    is_plain_file_name,
+)
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 INTERRUPTED_FINAL_SAVE_NAME = ".complete-final"  # see training/final_save.py
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-# Weight formats that are read through pickle (or a framework we do not load); never used.
-UNSAFE_WEIGHT_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "training_args.bin")
 TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json")
 # What a Hub download of a model needs: config, weights as safetensors, tokenizer, generation config, code, card.
@@ -90,48 +93,6 @@ def read_config(folder: str | os.PathLike) -> ScratchGPTConfig:
         raise ValueError(f"{config_file} holds an invalid ScratchGPT config: {error}") from error
 
 
-def safetensors_files(folder: str | os.PathLike) -> list[Path]:
-    """The safetensors weight files of a folder: `model.safetensors`, or the shards its index lists.
-
-    Refuses (with `FileNotFoundError` naming them) folders whose only weights are pickle files.
-    """
-    folder = Path(folder)
-    single, index = folder / SAFE_WEIGHTS_NAME, folder / SAFE_WEIGHTS_INDEX_NAME
-    if single.is_file():
-        return [single]
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {error}") from error
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"{index}: 'weight_map' must map tensor names to shard file names")
-        names = sorted(set(weight_map.values()), key=str)
-        for name in names:
-            if not is_plain_file_name(name):
-                raise ValueError(
-                    f"{index} lists the shard {name!r}; a shard must be a plain file name inside {folder} "
-                    f"(no directories, '..' or absolute paths)"
-                )
-        shards = [folder / name for name in names]
-        missing = [str(shard) for shard in shards if not shard.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{index} lists shards that do not exist: {missing}")
-        return shards
-    unsafe = [name for name in UNSAFE_WEIGHT_NAMES if (folder / name).exists()]
-    if unsafe:
-        raise FileNotFoundError(
-            f"{folder} has no {SAFE_WEIGHTS_NAME}, only {unsafe}; hf_scratch_gpt never loads pickle weights "
-            f"(they can run arbitrary code). Convert them to safetensors in a trusted environment first."
-        )
-    raise FileNotFoundError(f"{single} not found (nor {SAFE_WEIGHTS_INDEX_NAME}); the folder has no model weights")
-
-
-def is_plain_file_name(name: object) -> bool:
-    """True for a name that stays inside its folder: no separators, no drive, not '', '.' or '..'."""
-    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\:\0")
-
-
 def read_tensor_shapes(weight_file: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Name → shape of every tensor in a safetensors file, reading only its header.
 
@@ -165,7 +126,7 @@ def check_model_folder(folder: str | os.PathLike) -> ScratchGPTConfig:
     expected = {name: tuple(tensor.shape) for name, tensor in _shape_only_state_dict(config).items()}
     found: dict[str, tuple[int, ...]] = {}
     origin: dict[str, Path] = {}
-    for weight_file in safetensors_files(folder):
+    for weight_file in check_weight_files(folder):
         for name, shape in read_tensor_shapes(weight_file).items():
             found[name], origin[name] = shape, weight_file
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
@@ -277,6 +238,7 @@ def check_tokenizer_files(folder: str | os.PathLike) -> None:
 
 __all__ = [
     "check_model_folder",
+    "check_weight_files",
     "check_tokenizer_files",
     "int8_weight_only_config",
     "is_plain_file_name",
@@ -286,5 +248,4 @@ __all__ = [
     "read_tensor_shapes",
     "resolve_dtype",
     "resolve_model_folder",
-    "safetensors_files",
 ]

@@ -10,9 +10,12 @@ transformers) and its sibling configuration file.
 """
 
 
+import json
 import math
+import os
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +29,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.utils import can_return_tuple, logging
-from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.generic import TransformersKwargs, merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_scratch_gpt import ScratchGPTConfig
@@ -34,6 +37,16 @@ from .configuration_scratch_gpt import ScratchGPTConfig
 logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
+
+# transformers 5.25 renamed the forward cache argument and the output field from `past_key_values` to `cache`
+# (5.23 knows only `past_key_values`). The model takes the cache under either name and returns it under the field
+# the installed transformers' output classes declare, which is the name its `generate` reads back.
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+# Keywords a forward accepts besides its named parameters: what transformers' own models take through
+# `**kwargs: Unpack[TransformersKwargs]` (output flags, attention-backend metadata, `num_items_in_batch`). Any
+# other keyword is refused: one swallowed silently could carry state the model would then ignore (as the renamed
+# cache did).
+FORWARD_KWARGS = frozenset(TransformersKwargs.__optional_keys__ | TransformersKwargs.__required_keys__)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -499,7 +512,7 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ScratchGPTBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]  # the cache, by either name
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
@@ -561,47 +574,96 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
-    # `from_pretrained` hooks (the class's own, so plain `AutoModelForCausalLM.from_pretrained` is safe too, with the
-    # package imported or through trust_remote_code): weights come only from safetensors files inside the model
-    # folder, a damaged file is named, and a missing tensor is an error instead of a fresh random init.
-    @staticmethod
-    def _load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys=None):
-        if checkpoint_files is not None:
-            _check_weight_files(checkpoint_files, load_config.sharded_metadata)
-        return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys)
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, safetensors only, with the weight files of a local folder checked
+        before anything is read (`check_weight_files`) and a tensor missing from the files an error instead of a
+        fresh random init.
 
-    @staticmethod
-    def _finalize_model_loading(model, load_config, loading_info):
-        loading_info = PreTrainedModel._finalize_model_loading(model, load_config, loading_info)
-        if loading_info.missing_keys:  # tied lm_head.weight is not in it (tie_weights removed it)
+        The class's own, so plain `AutoModelForCausalLM.from_pretrained` is guarded too, with the package imported
+        or through trust_remote_code. Built on the public method only: no private loading step has to keep being
+        called for the checks to run.
+        """
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("ScratchGPT loads weights only from safetensors files (pickle can run code); "
+                             "use_safetensors must be True or left out")
+        kwargs["use_safetensors"] = True
+        if pretrained_model_name_or_path is not None:
+            folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+            if folder.is_dir():
+                check_weight_files(folder)
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        if info["missing_keys"]:  # a tied lm_head.weight is not in it (tie_weights removed it)
             raise ValueError(
-                f"the weights in {load_config.pretrained_model_name_or_path} lack tensors the model needs: "
-                f"{sorted(loading_info.missing_keys)}; they would be randomly initialised. Save the model again "
+                f"the weights in {pretrained_model_name_or_path} lack tensors the model needs: "
+                f"{sorted(info['missing_keys'])}; they would be randomly initialised. Save the model again "
                 f"(or set tie_word_embeddings=true in config.json if lm_head is meant to share wte's weights)"
             )
-        return loading_info
+        return (model, info) if want_info else model
 
 
-def _check_weight_files(checkpoint_files: list[str], sharded_metadata: dict | None) -> None:
-    """Refuse weight files that are not safetensors (pickle can run code), shard names in a
-    `model.safetensors.index.json` that are not plain file names (`../x`, `/abs/x`: files outside the folder), and
-    unreadable safetensors headers (naming the file, which safetensors' own error does not)."""
-    for name in sorted(set((sharded_metadata or {}).get("weight_map", {}).values())):
-        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or ":" in name:
-            raise ValueError(
-                f"model.safetensors.index.json lists the shard {name!r}; a shard must be a plain file name inside the "
-                f"model folder"
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# Weight formats that are read through pickle; never loaded.
+UNSAFE_WEIGHT_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "training_args.bin")
+
+
+def is_plain_file_name(name: object) -> bool:
+    """True for a name that stays inside its folder: no separators, no drive, not '', '.' or '..'."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\:\0")
+
+
+def check_weight_files(folder: str | os.PathLike) -> list[Path]:
+    """The safetensors files of a model folder (`model.safetensors`, or the shards its index lists), checked.
+
+    Raises `FileNotFoundError`/`ValueError` naming the file for: a folder whose only weights are pickle files, an
+    index that is not JSON with a `weight_map`, a shard name that is not a plain file name (`../x`, `/abs/x`),
+    a listed shard that does not exist, and a file whose safetensors header is unreadable (truncated or corrupted;
+    safetensors' own error does not name the file).
+    """
+    folder = Path(folder)
+    single, index = folder / SAFE_WEIGHTS_NAME, folder / SAFE_WEIGHTS_INDEX_NAME
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {error}") from error
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: 'weight_map' must map tensor names to shard file names")
+        names = sorted(set(weight_map.values()), key=str)
+        for name in names:
+            if not is_plain_file_name(name):
+                raise ValueError(
+                    f"{index} lists the shard {name!r}; a shard must be a plain file name inside {folder} "
+                    f"(no directories, '..' or absolute paths)"
+                )
+        files = [folder / name for name in names]
+        missing = [str(file) for file in files if not file.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} lists shards that do not exist: {missing}")
+    else:
+        unsafe = [name for name in UNSAFE_WEIGHT_NAMES if (folder / name).exists()]
+        if unsafe:
+            raise FileNotFoundError(
+                f"{folder} has no {SAFE_WEIGHTS_NAME}, only {unsafe}; ScratchGPT never loads pickle weights "
+                f"(they can run arbitrary code). Convert them to safetensors in a trusted environment first."
             )
-    for file in checkpoint_files:
-        if not str(file).endswith(".safetensors"):
-            raise ValueError(f"{file}: ScratchGPT loads weights only from safetensors files (pickle can run code)")
+        raise FileNotFoundError(f"{single} not found (nor {SAFE_WEIGHTS_INDEX_NAME}); the folder has no model weights")
+    for file in files:
         try:
             with safe_open(str(file), framework="pt"):
                 pass
         except SafetensorError as error:
             raise ValueError(
-                f"{file} is not a readable safetensors file ({error}); it is truncated or corrupted"
+                f"{file} is not a readable safetensors file ({error}); it is truncated or corrupted — "
+                f"save or download it again"
             ) from error
+    return files
 
 
 def _check_inputs(
@@ -668,13 +730,28 @@ def _check_inputs(
         raise ValueError(f"attention_mask must be 2-D (batch, length) or a prepared 4-D mask, got {attention_mask.dim()}-D")
 
 
-def _check_cache(past_key_values: object) -> None:
-    """transformers 5 models take a `Cache`; the legacy tuple of (key, value) pairs would fail as an AttributeError."""
-    if past_key_values is not None and not isinstance(past_key_values, Cache):
+def _one_cache(cache: object, past_key_values: object) -> Cache | None:
+    """The cache passed as `cache` (transformers >= 5.25) or `past_key_values` (earlier), checked to be a `Cache`
+    (the legacy tuple of (key, value) pairs would fail as an AttributeError)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the cache once, as `cache` or as `past_key_values`, not both")
+    name, cache = ("cache", cache) if cache is not None else ("past_key_values", past_key_values)
+    if cache is not None and not isinstance(cache, Cache):
         raise ValueError(
-            f"past_key_values must be a transformers Cache (e.g. the DynamicCache the model returns with "
-            f"use_cache=True), got {type(past_key_values).__name__}; wrap a legacy tuple of (key, value) pairs with "
-            "DynamicCache(ddp_cache_data=past_key_values)"
+            f"{name} must be a transformers Cache (e.g. the DynamicCache the model returns with "
+            f"use_cache=True), got {type(cache).__name__}; wrap a legacy tuple of (key, value) pairs with "
+            "DynamicCache(ddp_cache_data=...)"
+        )
+    return cache
+
+
+def _check_forward_kwargs(owner: str, kwargs: dict) -> None:
+    """Refuse keywords outside `FORWARD_KWARGS`, as a plain function would (`TypeError` naming them)."""
+    unknown = sorted(set(kwargs) - FORWARD_KWARGS)
+    if unknown:
+        raise TypeError(
+            f"{owner}.forward() got unexpected keyword arguments {unknown}; besides its named parameters it takes "
+            f"only {sorted(FORWARD_KWARGS)}"
         )
 
 
@@ -707,14 +784,16 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        _check_cache(past_key_values)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        _check_forward_kwargs(type(self).__name__, kwargs)
+        cache = _one_cache(cache, past_key_values)
+        past_length = cache.get_seq_length() if cache is not None else 0
         _check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length, position_ids)
 
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
         if position_ids is None:
@@ -722,26 +801,12 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
 
         # None when the mask is plainly causal (sdpa then uses its is_causal kernel); 4-D additive/bool otherwise.
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
+        # The cache is passed by position: its keyword is `past_key_values` before transformers 5.25, `cache` after.
+        causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids=position_ids)
         for block in self.h:
-            hidden_states = block(
-                hidden_states,
-                causal_mask,
-                past_key_values,
-                position_ids=position_ids,
-                **kwargs,
-            )
+            hidden_states = block(hidden_states, causal_mask, cache, position_ids=position_ids, **kwargs)
         hidden_states = self.ln_f(hidden_states)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
-        )
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_FIELD: cache if use_cache else None})
 
 
 class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
@@ -778,12 +843,17 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Targets for the next-token loss, aligned with `input_ids` (the model shifts them). Positions set to
             -100 are ignored. When every position is -100 the loss is 0.0.
+        cache (`Cache`, *optional*), or `past_key_values`:
+            The key/value cache of earlier positions (`DynamicCache`, or the cache the previous call returned with
+            `use_cache=True`). transformers 5.25 calls it `cache`, earlier versions `past_key_values`; either name
+            is accepted (not both), and the output carries it under the installed version's name.
         num_items_in_batch (`int` or `torch.Tensor`, *optional*):
             Number of unmasked target tokens across the whole (accumulated) batch; when given, the loss is the sum
             of token losses divided by it. `Trainer` passes it under gradient accumulation.
@@ -796,6 +866,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         # forward parameter with "label" in its name as a label column (`find_labels`) and would then expect
         # `shift_labels` in every evaluation batch.
         shift_labels: torch.Tensor | None = kwargs.pop("shift_labels", None)
+        _check_forward_kwargs(type(self).__name__, kwargs)
         reference = input_ids if input_ids is not None else None if inputs_embeds is None else inputs_embeds[..., 0]
         for name, targets in (("labels", labels), ("shift_labels", shift_labels)):
             if targets is None:
@@ -810,7 +881,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -835,7 +906,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )

@@ -4,6 +4,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from hf_scratch_gpt.modeling_scratch_gpt import CACHE_FIELD
+
 
 def test_token_id_at_or_above_vocab(tiny_model):
     vocab = tiny_model.config.vocab_size
@@ -129,3 +131,41 @@ def test_legacy_tuple_cache(tiny_model):
         # the conversion the message names works and gives the uncached logits
         converted = tiny_model(torch.tensor([[4]]), past_key_values=DynamicCache(ddp_cache_data=legacy)).logits
         torch.testing.assert_close(converted[:, -1], tiny_model(torch.tensor([[1, 2, 3, 4]])).logits[:, -1])
+
+
+# The cache under either name. transformers 5.25 passes it to forward as `cache` (5.23: `past_key_values`); a
+# forward that swallowed the name it does not know in **kwargs decoded every step without its past, silently.
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_the_cache_is_used_under_either_name(tiny_model, name):
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        prefix = tiny_model(ids[:, :3], use_cache=True)
+        cache = getattr(prefix, CACHE_FIELD)
+        assert cache.get_seq_length() == 3
+        step = tiny_model(ids[:, 3:], use_cache=True, **{name: cache})
+        full = tiny_model(ids).logits
+    assert getattr(step, CACHE_FIELD).get_seq_length() == 4
+    torch.testing.assert_close(step.logits[:, -1], full[:, -1])  # without its past the logits would differ
+    assert not torch.allclose(tiny_model(ids[:, 3:]).logits[:, -1], full[:, -1])
+
+
+def test_the_cache_given_twice_is_refused(tiny_model):
+    with torch.no_grad():
+        cache = getattr(tiny_model(torch.tensor([[1, 2]]), use_cache=True), CACHE_FIELD)
+        with pytest.raises(ValueError, match=r"pass the cache once, as `cache` or as `past_key_values`, not both"):
+            tiny_model(torch.tensor([[3]]), cache=cache, past_key_values=cache)
+
+
+@pytest.mark.parametrize("keyword", ["token_type_ids", "cache_params", "head_mask", "past_key_value", "labelz"])
+def test_an_unknown_keyword_is_refused_by_name(tiny_model, keyword):
+    """Nothing is swallowed: an argument the model does not use is an error naming it, on the model and its base."""
+    for model in (tiny_model, tiny_model.transformer):
+        with pytest.raises(TypeError, match=rf"{type(model).__name__}\.forward\(\) got unexpected keyword arguments \['{keyword}'\]"):
+            model(torch.tensor([[1, 2]]), **{keyword: torch.tensor([[0, 0]])})
+
+
+def test_transformers_keywords_are_accepted(tiny_model):
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        out = tiny_model(ids, output_hidden_states=True, output_attentions=False, return_dict=True)
+    assert len(out.hidden_states) == tiny_model.config.n_layer + 1

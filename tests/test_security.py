@@ -120,8 +120,10 @@ def test_plain_from_pretrained_refuses_pickle_weights(model_folder):
     state = load_file(model_folder / "model.safetensors")
     (model_folder / "model.safetensors").unlink()
     torch.save(state, model_folder / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"pytorch_model\.bin: ScratchGPT loads weights only from safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"only \['pytorch_model\.bin'\]; ScratchGPT never loads pickle weights"):
         AutoModelForCausalLM.from_pretrained(model_folder)
+    with pytest.raises(ValueError, match=r"use_safetensors must be True"):
+        AutoModelForCausalLM.from_pretrained(model_folder, use_safetensors=False)
 
 
 def test_plain_from_pretrained_names_a_truncated_shard(model_folder):
