@@ -38,6 +38,25 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float =
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale, **kwargs)
 
 
+FLOAT32_EPS = torch.finfo(torch.float32).eps
+
+
+def assert_close_float32(actual: torch.Tensor, expected: torch.Tensor, reduction: int, name: str) -> None:
+    """Equal to float32 rounding of a sum over `reduction` terms computed in another order.
+
+    Element-wise `rtol` alone cannot hold near zero: a gradient entry that is a sum of `reduction` terms of both
+    signs keeps the rounding error of its terms, whose size is that of the tensor's large entries, not its own. So
+    the absolute floor is the expected rounding error of such a sum, sqrt(reduction) · eps32 · max|expected|
+    (errors of independent roundings add in quadrature); the relative part stays 1e-5. The message keeps
+    torch's numbers (where, by how much) and adds the name and the floor.
+    """
+    atol = reduction**0.5 * FLOAT32_EPS * expected.detach().abs().max().item()
+    torch.testing.assert_close(
+        actual, expected, rtol=RTOL, atol=atol, msg=lambda text: f"{name} (atol = sqrt({reduction}) * eps32 * "
+        f"max|expected| = {atol:.3g}): {text}"
+    )
+
+
 def float64_logits(model: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
     """The logits of a float64 copy of `model` (same weights, same inputs): what float32 rounding is judged by."""
     reference = copy.deepcopy(model).to(torch.float64)

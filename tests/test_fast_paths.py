@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, causal_lm_loss, chunked_causal_lm_loss
+from helpers import assert_close_float32
 
 
 def _inputs(seed, batch=3, seq_len=9, width=16, vocab=37, masked_fraction=0.3):
@@ -103,7 +104,8 @@ def test_model_training_path_equals_explicit_path(label_smoothing):
     explicit_out.loss.backward()
     explicit_params = dict(explicit_model.named_parameters())
     for name, param in fused_model.named_parameters():
-        torch.testing.assert_close(param.grad, explicit_params[name].grad, rtol=1e-5, atol=1e-7, msg=name)
+        # Each gradient sums the contributions of the batch's B·T positions (36 here), in another order per path.
+        assert_close_float32(param.grad, explicit_params[name].grad, reduction=input_ids.numel(), name=name)
 
 
 def test_eval_mode_always_returns_logits():
