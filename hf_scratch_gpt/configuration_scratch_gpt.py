@@ -9,7 +9,9 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 # OpenAI's released GPT-2 sizes (hparams.json of each checkpoint) plus small shapes for tests and demos.
-# Presets are data: ``ScratchGPTConfig.from_preset(name, **overrides)`` reads this table.
+# Presets are data: ``ScratchGPTConfig.from_preset(name, **overrides)`` reads this table. None of them names
+# bos/eos: the config's default puts <|endoftext|> at the last id (50256 for GPT-2's vocabulary), so an overridden
+# vocab_size moves it along.
 _OPENAI_COMMON: dict[str, Any] = {"vocab_size": 50257, "n_positions": 1024}
 PRESETS: dict[str, dict[str, Any]] = {
     "124M": {**_OPENAI_COMMON, "n_layer": 12, "n_head": 12, "n_embd": 768},
@@ -17,10 +19,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "774M": {**_OPENAI_COMMON, "n_layer": 36, "n_head": 20, "n_embd": 1280},
     "1558M": {**_OPENAI_COMMON, "n_layer": 48, "n_head": 25, "n_embd": 1600},
     # Seconds-per-test size: every code path, none of the cost.
-    "tiny": {
-        "vocab_size": 512, "n_positions": 128, "n_layer": 2, "n_head": 4, "n_embd": 64,
-        "bos_token_id": 511, "eos_token_id": 511,
-    },
+    "tiny": {"vocab_size": 512, "n_positions": 128, "n_layer": 2, "n_head": 4, "n_embd": 64},
 }
 
 # Activations the MLP accepts. "gelu_new" is GPT-2's tanh approximation (the OpenAI checkpoints use it).
@@ -39,6 +38,18 @@ _TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 # A model whose parameters cannot exist: far beyond GPT-2 1558M (1.6e9), 4 TB in float32. Checked before any
 # allocation so that a typo such as n_positions=10**12 is named here instead of failing inside torch.
 MAX_PARAMETERS = 10**12
+
+
+class _LastTokenId:
+    """Default of `bos_token_id` / `eos_token_id`, meaning "not given": `__post_init__` replaces it with
+    `vocab_size - 1`. A distinct object, not None, because None given explicitly means "no such token" and is kept;
+    no config instance ever holds it after construction (so `to_dict`, `config.json` and copies never see it)."""
+
+    def __repr__(self) -> str:
+        return "<vocab_size - 1>"
+
+
+_LAST_TOKEN_ID = _LastTokenId()
 
 
 def _is_int(value: Any) -> bool:
@@ -73,6 +84,14 @@ class ScratchGPTConfig(PreTrainedConfig):
             head + cross-entropy (`chunked_causal_lm_loss`), this many positions at a time, and `logits` is not
             returned (None). 0 selects the explicit path (`causal_lm_loss` on full logits) everywhere. Both
             paths agree to float32 rounding; eval mode always returns logits.
+        bos_token_id, eos_token_id: id of `<|endoftext|>`, which GPT-2 uses for both. Not given, each is the last
+            id of the vocabulary, `vocab_size - 1` (50256 for GPT-2's 50257 tokens, as OpenAI's checkpoints have it),
+            so `ScratchGPTConfig(vocab_size=N)` is valid for every N >= 1. Given explicitly, the value is kept: `None`
+            (no such token), or a token id in `[0, vocab_size)` (`eos_token_id` may be a list of them); an id outside
+            the vocabulary is refused. The default is taken once, at construction: changing `vocab_size` later does
+            not move the ids. Saved configs always hold both values, so a `config.json` loads with the ids it was
+            saved with, None included.
+        pad_token_id: `None` (the default) or a token id in `[0, vocab_size)`.
         tie_word_embeddings: output head shares the token embedding matrix.
     """
 
@@ -100,12 +119,18 @@ class ScratchGPTConfig(PreTrainedConfig):
     label_smoothing: float | int = 0.0
     loss_chunk_size: int = 1024
     use_cache: bool = True
-    bos_token_id: int | None = 50256
-    eos_token_id: int | list[int] | None = 50256
+    bos_token_id: int | None = _LAST_TOKEN_ID  # type: ignore[assignment]  # resolved in __post_init__
+    eos_token_id: int | list[int] | None = _LAST_TOKEN_ID  # type: ignore[assignment]
     pad_token_id: int | None = None
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        # Before transformers' own post-init, which may already log the config (and so serialise these fields).
+        for name in ("bos_token_id", "eos_token_id"):
+            if getattr(self, name) is _LAST_TOKEN_ID:
+                # An invalid vocab_size gets None here and is named by check_values.
+                last_id = self.vocab_size - 1 if _is_int(self.vocab_size) and self.vocab_size >= 1 else None
+                setattr(self, name, last_id)
         super().__post_init__(**kwargs)
         self.check_values()
 
@@ -181,18 +206,13 @@ class ScratchGPTConfig(PreTrainedConfig):
     def from_preset(cls, name: str, **overrides: Any) -> "ScratchGPTConfig":
         """Config for a named preset (`124M`, `355M`, `774M`, `1558M`, `tiny`), with fields overridden.
 
-        Every preset puts `<|endoftext|>` (bos = eos) at the last id, as GPT-2 does; when `vocab_size` is
-        overridden and the special ids are not, they follow it (so `from_preset("tiny", vocab_size=97)` has
-        bos = eos = 96, not an id outside its vocabulary).
+        Presets leave the special ids to the config's default, `<|endoftext|>` (bos = eos) at the last id as in
+        GPT-2, so they follow an overridden `vocab_size` (`from_preset("tiny", vocab_size=97)` has bos = eos = 96);
+        ids given in `overrides` are kept.
         """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
-        values = {**PRESETS[name], **overrides}
-        if "vocab_size" in overrides and _is_int(overrides["vocab_size"]):
-            for field in ("bos_token_id", "eos_token_id"):
-                if field not in overrides:
-                    values[field] = overrides["vocab_size"] - 1
-        return cls(**values)
+        return cls(**{**PRESETS[name], **overrides})
 
 
 __all__ = ["PRESETS", "SUPPORTED_ACTIVATIONS", "ScratchGPTConfig"]

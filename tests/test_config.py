@@ -85,6 +85,79 @@ def test_preset_special_ids_follow_an_overridden_vocab_size():
     config = ScratchGPTConfig.from_preset("124M", vocab_size=300, bos_token_id=0, eos_token_id=1)
     assert (config.bos_token_id, config.eos_token_id) == (0, 1)
     assert ScratchGPTConfig.from_preset("124M").eos_token_id == 50256
+    assert (ScratchGPTConfig().bos_token_id, ScratchGPTConfig().eos_token_id) == (50256, 50256)  # GPT-2's
+
+
+@pytest.mark.parametrize("vocab_size", [1, 2, 97, 300, 50256, 50304])
+def test_a_bare_config_builds_for_any_vocabulary(vocab_size):
+    """Issue 26: no special ids given, bos = eos = the last id (GPT-2's <|endoftext|> place), for every vocabulary."""
+    config = ScratchGPTConfig(vocab_size=vocab_size, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (vocab_size - 1, vocab_size - 1, None)
+
+
+@pytest.mark.parametrize("field", ["bos_token_id", "eos_token_id", "pad_token_id"])
+@pytest.mark.parametrize("value", [300, 50256, -1])
+def test_an_explicit_id_outside_a_small_vocabulary_is_refused(field, value):
+    with pytest.raises(ValueError, match=rf"{field} must be None or a token id in \[0, vocab_size=300\).*got {value}"):
+        ScratchGPTConfig(vocab_size=300, n_positions=32, n_embd=16, n_layer=1, n_head=2, **{field: value})
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {},
+        {"bos_token_id": None, "eos_token_id": None},  # None given means "no such token": kept, not the default
+        {"bos_token_id": 5, "eos_token_id": None},
+        {"bos_token_id": 3, "eos_token_id": [4, 299], "pad_token_id": 0},
+    ],
+)
+def test_special_ids_given_or_not_survive_save_and_load(given, tmp_path):
+    """Only ids not given follow the vocabulary. config.json always holds both ids, so loading gives the saved ones
+    back (None included), not the default; to_dict, to_diff_dict and from_dict agree."""
+    import json
+
+    config = ScratchGPTConfig(vocab_size=300, n_positions=32, n_embd=16, n_layer=1, n_head=2, **given)
+    expected = {"bos_token_id": 299, "eos_token_id": 299, "pad_token_id": None, **given}
+    assert {name: getattr(config, name) for name in expected} == expected
+    for serialised in (config.to_dict(), config.to_diff_dict()):
+        assert {name: serialised[name] for name in expected} == expected
+        assert ScratchGPTConfig.from_dict(serialised).to_dict() == config.to_dict()
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert {name: saved[name] for name in expected} == expected
+    loaded = ScratchGPTConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    # A loaded config with another vocabulary keeps the saved ids (all inside 300 < 1000), not 999.
+    assert ScratchGPTConfig.from_pretrained(tmp_path, vocab_size=1000).bos_token_id == expected["bos_token_id"]
+
+
+def test_a_config_json_without_special_ids_gets_the_default(tmp_path):
+    """A hand-written config.json that leaves the ids out loads with the default rule, like the constructor."""
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "scratch_gpt", "vocab_size": 97, "n_positions": 16, "n_embd": 16, "n_layer": 1, "n_head": 2}
+    ))
+    config = ScratchGPTConfig.from_pretrained(tmp_path)
+    assert (config.bos_token_id, config.eos_token_id) == (96, 96)
+
+
+def test_model_forward_default_config_values():
+    """transformers' common model test of that name (tests/test_modeling_common.py, 5.23): the config of a small model,
+    rebuilt from its diff dict without pad/eos/bos/sep ids and tie_word_embeddings, builds a model that runs."""
+    import torch
+
+    config = ScratchGPTConfig(vocab_size=99, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+    config_dict = config.to_diff_dict()
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id", "sep_token_id", "tie_word_embeddings"):
+        config_dict.pop(name, None)
+    config = ScratchGPTConfig(**config_dict)
+    assert (config.bos_token_id, config.eos_token_id, config.tie_word_embeddings) == (98, 98, True)
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(config, name, 0)
+    model = ScratchGPTForCausalLM(config).eval()
+    with torch.no_grad():
+        assert model(torch.tensor([[1, 2, 98]])).logits.shape == (1, 3, 99)
 
 
 def test_saved_config_is_validated_when_loaded(tmp_path):
