@@ -1,12 +1,20 @@
 # The two set-up commands of the README. Each creates .venv and installs what it needs on first use.
-#   make demo   the main job
-#   make test   the test suite (what CI runs)
+#   make demo          the main job
+#   make test          the test suite, pinned world (constraints.txt)
+#   make test-newest   the test suite, newest world: what `pip install` resolves inside pyproject's ranges today
+#                      (.venv-newest; `make clean` drops it so the next run resolves again). CI runs both.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+NEWEST_VENV ?= .venv-newest
+NEWEST_PY := $(NEWEST_VENV)/bin/python
+# The libraries whose versions a test run prints first (the closing note and README quote them).
+SHOW_VERSIONS = -m pip list --format=freeze --disable-pip-version-check 2>/dev/null | grep -iE \
+	'^(torch|transformers|accelerate|datasets|tokenizers|safetensors|huggingface.hub|evaluate|numpy|tensorflow-cpu)==' \
+	| tr '\n' ' '; echo
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo test test-newest install install-dev clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +33,19 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/hf-scratch-gpt demo $(ARGS)
 
 test: $(VENV)/.installed-dev
+	@echo "pinned world:"; $(PY) $(SHOW_VERSIONS)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
 
+# No constraints file; torch is still pinned to the CPU wheel (an unpinned torch pulls a multi-GB CUDA build).
+$(NEWEST_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(NEWEST_PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,convert]" torch==2.13.0
+	touch $@
+
+test-newest: $(NEWEST_VENV)/.installed
+	@echo "newest world:"; $(NEWEST_PY) $(SHOW_VERSIONS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(NEWEST_PY) -m pytest -q $(ARGS)
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(NEWEST_VENV) runs
