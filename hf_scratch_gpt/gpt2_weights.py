@@ -2,7 +2,8 @@
 
 Module names are the same on both sides; the only difference is that GPT-2 stores its four projection weights
 as `Conv1D` (in, out) and ScratchGPT uses `nn.Linear` (out, in). So the exchange is a name table plus one
-transpose rule.
+transpose rule. It is checked both ways: every tensor the table names must be in the source and nothing else may
+be, the target receives every tensor it has (so none is left randomly initialised), and a tied head must be tied.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .modeling_scratch_gpt import ScratchGPTForCausalLM
 # GPT-2 name → ScratchGPT name ("{}" is the layer index). Identity by construction; kept explicit so a renamed
 # module on either side fails loudly here instead of loading silently wrong.
 GPT2_TO_SCRATCH: dict[str, str] = {
+    "lm_head.weight": "lm_head.weight",  # its own tensor only when untied (see TIED_HEAD)
     "transformer.wte.weight": "transformer.wte.weight",
     "transformer.wpe.weight": "transformer.wpe.weight",
     "transformer.ln_f.weight": "transformer.ln_f.weight",
@@ -35,6 +37,9 @@ GPT2_TO_SCRATCH: dict[str, str] = {
         )
     },
 }
+# With tie_word_embeddings the head is the token embedding itself, one Parameter under both names on each side: it
+# is exchanged once, as the embedding, and the result checked to be tied. (The names are the same on both sides.)
+TIED_HEAD: tuple[str, str] = ("lm_head.weight", "transformer.wte.weight")
 # Conv1D weights: (in, out) in GPT-2, (out, in) here.
 TRANSPOSED_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -64,6 +69,15 @@ def expand_name_table(table: dict[str, str], n_layer: int) -> dict[str, str]:
     return expanded
 
 
+def weight_name_table(n_layer: int, tie_word_embeddings: bool) -> dict[str, str]:
+    """GPT-2 name → ScratchGPT name of every tensor exchanged for a model of this shape: the tied head is not one
+    (it is the embedding)."""
+    table = expand_name_table(GPT2_TO_SCRATCH, n_layer)
+    if tie_word_embeddings:
+        del table[TIED_HEAD[0]]
+    return table
+
+
 def _needs_transpose(name: str) -> bool:
     return name.endswith(TRANSPOSED_SUFFIXES)
 
@@ -80,15 +94,61 @@ def config_to_gpt2(config: ScratchGPTConfig) -> GPT2Config:
     return GPT2Config(**{field: getattr(config, field) for field in SHARED_CONFIG_FIELDS})
 
 
-def _translate(state: dict[str, torch.Tensor], table: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Rename by `table` and transpose the Conv1D/Linear weights; every table entry must be present."""
-    missing = sorted(set(table) - set(state))
-    if missing:
-        raise ValueError(f"weights missing from the source model: {missing[:5]}{' …' if len(missing) > 5 else ''}")
+def _names(names: list[str]) -> str:
+    return f"{names[:5]}{f' and {len(names) - 5} more' if len(names) > 5 else ''}"
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """One storage (a tied Parameter seen under two names: NaNs included), or equal values."""
+    same_storage = (a.data_ptr(), a.shape, a.stride()) == (b.data_ptr(), b.shape, b.stride())
+    return same_storage or torch.equal(a, b)
+
+
+def _translate(
+    state: dict[str, torch.Tensor], table: dict[str, str], tie_word_embeddings: bool, source: str
+) -> dict[str, torch.Tensor]:
+    """Rename by `table` and transpose the Conv1D/Linear weights. Every table entry must be in `state` and nothing
+    else may be, except the tied head's second name, which must then hold the embedding's values."""
+    allowed = set(table) | ({TIED_HEAD[0]} if tie_word_embeddings else set())
+    missing, unexpected = sorted(set(table) - set(state)), sorted(set(state) - allowed)
+    if missing or unexpected:
+        raise ValueError(
+            f"the {source} does not hold the tensors of its config (n_layer, tie_word_embeddings="
+            f"{tie_word_embeddings}): missing {_names(missing)}, unexpected {_names(unexpected)}"
+        )
+    head, embedding = TIED_HEAD
+    if tie_word_embeddings and head in state and not _same_values(state[head], state[embedding]):
+        raise ValueError(
+            f"the {source}'s config says tie_word_embeddings=True but its {head} is not {embedding} (max |difference| "
+            f"{(state[head].float() - state[embedding].float()).abs().max().item():.4g}); set tie_word_embeddings="
+            "False in its config to exchange both"
+        )
     return {
         target: (state[source].t() if _needs_transpose(source) else state[source]).contiguous()
         for source, target in table.items()
     }
+
+
+def _load_every_tensor(model: torch.nn.Module, weights: dict[str, torch.Tensor], tie_word_embeddings: bool) -> None:
+    """Load `weights` into `model`, which must receive a value for each of its tensors (none left as initialised)
+    and have a place for each of `weights`; its head must be its embedding exactly when the config ties them."""
+    head, embedding = TIED_HEAD
+    if tie_word_embeddings:
+        weights = {**weights, head: weights[embedding]}  # the same Parameter under its second name
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{type(model).__name__} would be left with tensors not received: {_names(missing)}; no place for "
+            f"{_names(unexpected)}"
+        )
+    model.load_state_dict(weights, strict=True)
+    shared = model.get_parameter(head) is model.get_parameter(embedding)
+    if shared != tie_word_embeddings:
+        raise ValueError(
+            f"{type(model).__name__}'s {head} and {embedding} are {'one' if shared else 'two separate'} "
+            f"Parameter{'' if shared else 's'}, but its config says tie_word_embeddings={tie_word_embeddings}"
+        )
 
 
 def from_hf_gpt2(model_or_path: GPT2LMHeadModel | str | os.PathLike, **from_pretrained_kwargs: Any) -> ScratchGPTForCausalLM:
@@ -100,23 +160,22 @@ def from_hf_gpt2(model_or_path: GPT2LMHeadModel | str | os.PathLike, **from_pret
     else:
         raise TypeError(f"expected a GPT2LMHeadModel or a folder path, got {type(model_or_path).__name__}")
     config = config_from_gpt2(gpt2.config)
-    table = expand_name_table(GPT2_TO_SCRATCH, config.n_layer)
-    weights = _translate(gpt2.state_dict(), table)
+    table = weight_name_table(config.n_layer, config.tie_word_embeddings)
+    weights = _translate(gpt2.state_dict(), table, config.tie_word_embeddings, "GPT2LMHeadModel")
     model = ScratchGPTForCausalLM(config).to(dtype=gpt2.dtype)
-    model.load_state_dict(weights, strict=False)  # lm_head.weight is tied to wte, not stored separately
-    model.tie_weights()
+    _load_every_tensor(model, weights, config.tie_word_embeddings)
     return model.eval() if not gpt2.training else model
 
 
 def to_hf_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
     """A transformers `GPT2LMHeadModel` with the same weights as `model`."""
     config = config_to_gpt2(model.config)
-    inverse = {target: source for source, target in expand_name_table(GPT2_TO_SCRATCH, config.n_layer).items()}
-    weights = _translate(model.state_dict(), inverse)
+    table = weight_name_table(config.n_layer, config.tie_word_embeddings)
+    inverse = {target: source for source, target in table.items()}
+    weights = _translate(model.state_dict(), inverse, config.tie_word_embeddings, "ScratchGPTForCausalLM")
     gpt2 = GPT2LMHeadModel(config).to(dtype=model.dtype)
-    gpt2.load_state_dict(weights, strict=False)
-    gpt2.tie_weights()
+    _load_every_tensor(gpt2, weights, config.tie_word_embeddings)
     return gpt2.eval() if not model.training else gpt2
 
 
-__all__ = ["from_hf_gpt2", "to_hf_gpt2", "config_from_gpt2", "config_to_gpt2", "GPT2_TO_SCRATCH"]
+__all__ = ["from_hf_gpt2", "to_hf_gpt2", "config_from_gpt2", "config_to_gpt2", "GPT2_TO_SCRATCH", "TIED_HEAD"]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import random_gpt2
+from helpers import assert_close_rel, random_gpt2
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 import hf_scratch_gpt
@@ -41,6 +41,77 @@ def test_from_hf_gpt2_refuses_unsupported_options():
     config = GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, scale_attn_by_inverse_layer_idx=True)
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
         from_hf_gpt2(GPT2LMHeadModel(config))
+
+
+def assert_same_logits(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Bit-identical logits (same model class, same weights, same inputs), or a message with the numbers."""
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def assert_same_state(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """The same names, and bit-identical tensors of the same dtype under each."""
+    assert sorted(actual) == sorted(expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(actual[name], tensor, rtol=0, atol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_gpt2_round_trip_is_bit_exact_tied_or_untied(tie):
+    """Issue 27: an untied lm_head is carried both ways (it was left randomly initialised); a tied one stays one
+    Parameter with wte. GPT-2 → ScratchGPT → GPT-2 gives the same state dict and logits, bit for bit."""
+    gpt2 = random_gpt2(seed=5, tie_word_embeddings=tie)
+    assert (gpt2.lm_head.weight is gpt2.transformer.wte.weight) == tie
+    ours = from_hf_gpt2(gpt2)
+    assert ours.config.tie_word_embeddings is tie
+    assert (ours.lm_head.weight is ours.transformer.wte.weight) == tie
+    torch.testing.assert_close(ours.lm_head.weight, gpt2.lm_head.weight, rtol=0, atol=0)
+    back = to_hf_gpt2(ours)
+    assert back.config.tie_word_embeddings is tie
+    assert (back.lm_head.weight is back.transformer.wte.weight) == tie
+    assert_same_state(back.state_dict(), gpt2.state_dict())
+    input_ids = torch.randint(0, gpt2.config.vocab_size, (2, 13), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = gpt2(input_ids).logits
+        assert_close_rel(ours(input_ids).logits, expected)
+        assert_same_logits(back(input_ids).logits, expected)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_scratch_round_trip_is_bit_exact_tied_or_untied(tie, tiny_config):
+    """The other way round: ScratchGPT → GPT-2 → ScratchGPT, from ScratchGPT's own random init."""
+    tiny_config.tie_word_embeddings = tie
+    torch.manual_seed(4)
+    ours = ScratchGPTForCausalLM(tiny_config).eval()
+    assert (ours.lm_head.weight is ours.transformer.wte.weight) == tie
+    gpt2 = to_hf_gpt2(ours)
+    assert (gpt2.lm_head.weight is gpt2.transformer.wte.weight) == tie
+    torch.testing.assert_close(gpt2.lm_head.weight, ours.lm_head.weight, rtol=0, atol=0)
+    again = from_hf_gpt2(gpt2)
+    assert (again.lm_head.weight is again.transformer.wte.weight) == tie
+    assert_same_state(again.state_dict(), ours.state_dict())
+    input_ids = torch.randint(0, tiny_config.vocab_size, (2, 13), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = ours(input_ids).logits
+        assert_close_rel(gpt2(input_ids).logits, expected)
+        assert_same_logits(again(input_ids).logits, expected)
+
+
+def test_a_head_untied_behind_a_tied_config_is_refused():
+    """A GPT-2 whose config says tied but whose lm_head is its own, different tensor: exchanging only wte would
+    change its logits silently, so it is refused, with the size of the difference."""
+    gpt2 = random_gpt2(seed=6)
+    gpt2.lm_head.weight = torch.nn.Parameter(gpt2.transformer.wte.weight.detach() + 0.5)
+    with pytest.raises(ValueError, match=r"tie_word_embeddings=True but its lm_head.weight is not "
+                                         r"transformer.wte.weight \(max \|difference\| 0.5\)"):
+        from_hf_gpt2(gpt2)
+
+
+def test_a_tensor_the_name_table_does_not_know_is_refused():
+    """Nothing in the source is dropped silently: a tensor outside the name table is named."""
+    gpt2 = random_gpt2(seed=7)
+    gpt2.transformer.h[0].attn.register_buffer("extra_scale", torch.ones(3))
+    with pytest.raises(ValueError, match=r"unexpected \['transformer.h.0.attn.extra_scale'\]"):
+        from_hf_gpt2(gpt2)
 
 
 def test_auto_classes_build_the_model(tiny_config):
