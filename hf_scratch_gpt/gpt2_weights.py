@@ -13,9 +13,12 @@ from typing import Any
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging
 
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .modeling_scratch_gpt import ScratchGPTForCausalLM
+
+logger = logging.get_logger(__name__)
 
 # GPT-2 name → ScratchGPT name ("{}" is the layer index). Identity by construction; kept explicit so a renamed
 # module on either side fails loudly here instead of loading silently wrong.
@@ -43,18 +46,23 @@ TIED_HEAD: tuple[str, str] = ("lm_head.weight", "transformer.wte.weight")
 # Conv1D weights: (in, out) in GPT-2, (out, in) here.
 TRANSPOSED_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
-# Config fields copied as they are.
+# Config fields copied as they are (special-token ids: see `special_ids_in_vocabulary`).
 SHARED_CONFIG_FIELDS = (
     "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
     "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range",
     "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings",
 )
+SPECIAL_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 # GPT-2 options that change the computation and that ScratchGPT does not implement: field → the only value accepted.
 UNSUPPORTED_GPT2_OPTIONS: dict[str, Any] = {
     "scale_attn_weights": True,
     "scale_attn_by_inverse_layer_idx": False,
     "add_cross_attention": False,
 }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def expand_name_table(table: dict[str, str], n_layer: int) -> dict[str, str]:
@@ -82,15 +90,46 @@ def _needs_transpose(name: str) -> bool:
     return name.endswith(TRANSPOSED_SUFFIXES)
 
 
+def special_ids_in_vocabulary(gpt2_config: GPT2Config) -> dict[str, Any]:
+    """GPT-2's bos/eos/pad ids as ScratchGPT takes them: an id outside `[0, vocab_size)` becomes None (or is dropped
+    from an eos list; None if none is left), with a warning naming it.
+
+    transformers accepts such ids with a warning (GPT2Config keeps its default 50256 whatever the vocabulary, and
+    Hub configs hold e.g. pad_token_id=-1); GPT-2's forward never reads them, and no token the model can produce
+    has them, so leaving them out changes no logits and no generated token. Everything else passes through as it
+    is, for `ScratchGPTConfig` to accept or name.
+    """
+    vocab_size = gpt2_config.vocab_size
+    ids: dict[str, Any] = {}
+    for field in SPECIAL_TOKEN_FIELDS:
+        value = kept = getattr(gpt2_config, field)
+        if _is_int(vocab_size) and _is_int(value) and not 0 <= value < vocab_size:
+            kept = None
+        elif _is_int(vocab_size) and field == "eos_token_id" and isinstance(value, list) and all(map(_is_int, value)):
+            kept = [i for i in value if 0 <= i < vocab_size] or None
+        if kept != value:
+            logger.warning(
+                f"GPT2Config.{field}={value!r} holds an id outside the vocabulary [0, {vocab_size}), which no "
+                f"token can have and GPT-2's forward never uses; ScratchGPTConfig.{field} is {kept!r}"
+            )
+        ids[field] = kept
+    return ids
+
+
 def config_from_gpt2(gpt2_config: GPT2Config) -> ScratchGPTConfig:
+    """The ScratchGPT config of a GPT-2 config: the same fields, special-token ids outside the vocabulary left out
+    (`special_ids_in_vocabulary`); GPT-2 options ScratchGPT does not implement are refused."""
     for field, accepted in UNSUPPORTED_GPT2_OPTIONS.items():
         value = getattr(gpt2_config, field, accepted)
         if value != accepted:
             raise ValueError(f"GPT2Config.{field}={value!r} is not supported by ScratchGPT (expected {accepted!r})")
-    return ScratchGPTConfig(**{field: getattr(gpt2_config, field) for field in SHARED_CONFIG_FIELDS})
+    values = {field: getattr(gpt2_config, field) for field in SHARED_CONFIG_FIELDS}
+    return ScratchGPTConfig(**{**values, **special_ids_in_vocabulary(gpt2_config)})
 
 
 def config_to_gpt2(config: ScratchGPTConfig) -> GPT2Config:
+    """The GPT-2 config of a ScratchGPT config, every shared field given explicitly (a special id that is None stays
+    None instead of becoming GPT2Config's default 50256)."""
     return GPT2Config(**{field: getattr(config, field) for field in SHARED_CONFIG_FIELDS})
 
 
@@ -168,7 +207,7 @@ def from_hf_gpt2(model_or_path: GPT2LMHeadModel | str | os.PathLike, **from_pret
 
 
 def to_hf_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
-    """A transformers `GPT2LMHeadModel` with the same weights as `model`."""
+    """A transformers `GPT2LMHeadModel` with the same weights as `model` (and a config with the same fields)."""
     config = config_to_gpt2(model.config)
     table = weight_name_table(config.n_layer, config.tie_word_embeddings)
     inverse = {target: source for source, target in table.items()}

@@ -1,6 +1,7 @@
 """Weight exchange with GPT2LMHeadModel, Auto-class registration, save/load round trips."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -53,6 +54,60 @@ def assert_same_state(actual: dict[str, torch.Tensor], expected: dict[str, torch
     assert sorted(actual) == sorted(expected)
     for name, tensor in expected.items():
         torch.testing.assert_close(actual[name], tensor, rtol=0, atol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def small_vocab_gpt2(seed: int = 0, **config) -> GPT2LMHeadModel:
+    """GPT2LMHeadModel of vocabulary 97 whose GPT2Config keeps its own special ids unless `config` gives them:
+    bos = eos = 50256, outside the vocabulary (transformers only warns)."""
+    torch.manual_seed(seed)
+    gpt2 = GPT2LMHeadModel(GPT2Config(
+        vocab_size=97, n_positions=16, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, **config,
+    ))
+    with torch.no_grad():
+        for param in gpt2.parameters():
+            param.normal_(0.0, 0.3)  # logits of order 1 (init's are of order 1e-2)
+    return gpt2.eval()
+
+
+def test_small_vocabulary_gpt2_comes_in_and_goes_back_out_exactly(caplog):
+    """Issue 26: a GPT-2 with its own small vocabulary (GPT2Config's bos = eos = 50256 outside it) comes in with
+    those ids as None and a warning naming them, computes GPT-2's logits, and goes back out bit-identical."""
+    gpt2 = small_vocab_gpt2()
+    assert (gpt2.config.bos_token_id, gpt2.config.eos_token_id) == (50256, 50256)
+    with caplog.at_level(logging.WARNING, logger="hf_scratch_gpt.gpt2_weights"):
+        ours = from_hf_gpt2(gpt2)
+    assert (ours.config.bos_token_id, ours.config.eos_token_id, ours.config.pad_token_id) == (None, None, None)
+    for name in ("bos_token_id", "eos_token_id"):
+        assert f"GPT2Config.{name}=50256 holds an id outside the vocabulary [0, 97)" in caplog.text
+    input_ids = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(1))
+    back = to_hf_gpt2(ours)
+    assert (back.config.bos_token_id, back.config.eos_token_id) == (None, None)  # not GPT2Config's 50256 again
+    for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "tie_word_embeddings"):
+        assert getattr(back.config, name) == getattr(gpt2.config, name), name
+    assert_same_state(back.state_dict(), gpt2.state_dict())
+    with torch.no_grad():
+        expected = gpt2(input_ids).logits
+        assert_close_rel(ours(input_ids).logits, expected)  # another implementation: equal to float32 rounding
+        assert_same_logits(back(input_ids).logits, expected)
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ({"bos_token_id": 0, "eos_token_id": 96, "pad_token_id": 5}, (0, 96, 5)),  # inside: kept as they are
+        ({"bos_token_id": None, "eos_token_id": None}, (None, None, None)),
+        ({"pad_token_id": -1}, (None, None, None)),  # as Hub configs hold it
+        ({"bos_token_id": 1, "eos_token_id": [3, 50256, 96]}, (1, [3, 96], None)),  # only the id outside goes
+        ({"bos_token_id": 1, "eos_token_id": [97, 50256]}, (1, None, None)),
+    ],
+)
+def test_gpt2_special_ids_map_to_ids_inside_the_vocabulary(given, expected):
+    gpt2 = small_vocab_gpt2(**given)
+    ours = from_hf_gpt2(gpt2)
+    assert (ours.config.bos_token_id, ours.config.eos_token_id, ours.config.pad_token_id) == expected
+    back = to_hf_gpt2(ours)
+    assert (back.config.bos_token_id, back.config.eos_token_id, back.config.pad_token_id) == expected
 
 
 @pytest.mark.parametrize("tie", [True, False])
