@@ -96,7 +96,7 @@ class ScratchGPTConfig(PreTrainedConfig):
     """
 
     model_type = "scratch_gpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]  # the cache under 5.23's name and 5.25's
     attribute_map = {
         "hidden_size": "n_embd",
         "max_position_embeddings": "n_positions",

@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .modeling_scratch_gpt import (
+    INTERRUPTED_FINAL_SAVE_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
     UNSAFE_WEIGHT_NAMES,
@@ -37,7 +38,6 @@ from .modeling_scratch_gpt import (
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
-INTERRUPTED_FINAL_SAVE_NAME = ".complete-final"  # see training/final_save.py
 TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json")
 # What a Hub download of a model needs: config, weights as safetensors, tokenizer, generation config, code, card.
@@ -117,11 +117,6 @@ def check_model_folder(folder: str | os.PathLike) -> ScratchGPTConfig:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
-    if (folder / INTERRUPTED_FINAL_SAVE_NAME).is_dir():
-        raise ValueError(
-            f"{folder} holds {INTERRUPTED_FINAL_SAVE_NAME}: a final save was interrupted while its files were being "
-            f"moved into place; run the same `train` command again (it completes the move first)"
-        )
     config = read_config(folder)
     expected = {name: tuple(tensor.shape) for name, tensor in _shape_only_state_dict(config).items()}
     found: dict[str, tuple[int, ...]] = {}

@@ -86,6 +86,9 @@ def _check_loss_inputs(
 
     It reads the values (one host sync for all of them); while compiling it is skipped, like the input-id check.
     """
+    kind = num_items_in_batch.dtype if torch.is_tensor(num_items_in_batch) else type(num_items_in_batch)
+    if kind in (bool, torch.bool):  # True would divide by 1 without a word
+        raise ValueError(f"num_items_in_batch must be a count of target tokens, got {num_items_in_batch!r}")
     if torch.compiler.is_compiling() or labels.numel() == 0:
         return
     kept = labels.masked_fill(labels == IGNORE_INDEX, 0)
@@ -104,7 +107,8 @@ def _check_loss_inputs(
     if num_items_in_batch is None:
         return
     count = divisor[0] if divisor else float(num_items_in_batch)
-    if not count >= 0 or (count == 0 and targets > 0):
+    # It may be fractional: Trainer divides it by the tensor/context/sequence-parallel degree.
+    if not 0 <= count < math.inf or (count == 0 and targets > 0):
         raise ValueError(
             f"num_items_in_batch is {count:g} but this batch has "
             f"{int(targets)} target tokens; it must count the unmasked targets of the whole (accumulated) batch"
@@ -588,14 +592,20 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
             raise ValueError("ScratchGPT loads weights only from safetensors files (pickle can run code); "
                              "use_safetensors must be True or left out")
         kwargs["use_safetensors"] = True
+        files = []
         if pretrained_model_name_or_path is not None:
             folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
             if folder.is_dir():
-                check_weight_files(folder)
+                for name in ("config.json", "generation_config.json"):
+                    if (folder / name).exists():
+                        file_in_folder(folder, name)
+                files = check_weight_files(folder)
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
+        if model.config.tie_word_embeddings and isinstance(model, ScratchGPTForCausalLM):
+            check_tied_head(model, files)
         if info["missing_keys"]:  # a tied lm_head.weight is not in it (tie_weights removed it)
             raise ValueError(
                 f"the weights in {pretrained_model_name_or_path} lack tensors the model needs: "
@@ -607,6 +617,11 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# Left by `train`'s final save while its files are being moved into place (see training/final_save.py).
+INTERRUPTED_FINAL_SAVE_NAME = ".complete-final"
+# safetensors dtypes a model's floating-point parameters can be loaded from; anything else (I8, BOOL, ...) would be
+# cast to float silently.
+FLOAT_WEIGHT_DTYPES = ("F64", "F32", "F16", "BF16")
 # Weight formats that are read through pickle; never loaded.
 UNSAFE_WEIGHT_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "training_args.bin")
 
@@ -616,19 +631,45 @@ def is_plain_file_name(name: object) -> bool:
     return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\:\0")
 
 
+def file_in_folder(folder: str | os.PathLike, name: str) -> Path:
+    """`folder / name`, refused (`ValueError`) when it resolves outside the folder, through a symlink or `..`.
+
+    The one exception is the layout of the Hub cache: a snapshot folder (`…/models--owner--name/snapshots/<rev>`)
+    holds links into the same repository's `blobs/`, and those are followed.
+    """
+    path = Path(folder) / name
+    real_folder, real = Path(folder).resolve(), path.resolve()
+    allowed = [real_folder]
+    if real_folder.parent.name == "snapshots":
+        allowed.append(real_folder.parent.parent / "blobs")
+    if not any(real.is_relative_to(root) for root in allowed):
+        raise ValueError(
+            f"{path} resolves to {real}, outside the model folder {folder}; links out of a model folder are not "
+            f"followed (copy the file into the folder instead)"
+        )
+    return path
+
+
 def check_weight_files(folder: str | os.PathLike) -> list[Path]:
     """The safetensors files of a model folder (`model.safetensors`, or the shards its index lists), checked.
 
-    Raises `FileNotFoundError`/`ValueError` naming the file for: a folder whose only weights are pickle files, an
-    index that is not JSON with a `weight_map`, a shard name that is not a plain file name (`../x`, `/abs/x`),
-    a listed shard that does not exist, and a file whose safetensors header is unreadable (truncated or corrupted;
-    safetensors' own error does not name the file).
+    Raises `FileNotFoundError`/`ValueError` naming the file for: a final save of `train` that was interrupted, a
+    folder whose only weights are pickle files, an index that is not JSON with a `weight_map`, a shard name that is
+    not a plain file name (`../x`, `/abs/x`), a listed shard that does not exist, a file that is a link out of the
+    folder, a safetensors header that is unreadable (truncated or corrupted; safetensors' own error does not name
+    the file), a tensor that is not floating point, and a tensor held by two files. Reads headers only.
     """
     folder = Path(folder)
+    if (folder / INTERRUPTED_FINAL_SAVE_NAME).is_dir():
+        raise ValueError(
+            f"{folder} holds {INTERRUPTED_FINAL_SAVE_NAME}: a final save was interrupted while its files were being "
+            f"moved into place; run the same `train` command again (it completes the move first)"
+        )
     single, index = folder / SAFE_WEIGHTS_NAME, folder / SAFE_WEIGHTS_INDEX_NAME
     if single.is_file():
         files = [single]
     elif index.is_file():
+        file_in_folder(folder, index.name)
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
@@ -654,16 +695,43 @@ def check_weight_files(folder: str | os.PathLike) -> list[Path]:
                 f"(they can run arbitrary code). Convert them to safetensors in a trusted environment first."
             )
         raise FileNotFoundError(f"{single} not found (nor {SAFE_WEIGHTS_INDEX_NAME}); the folder has no model weights")
+    holder: dict[str, Path] = {}  # tensor name → the file that holds it
     for file in files:
+        file_in_folder(folder, file.name)
         try:
-            with safe_open(str(file), framework="pt"):
-                pass
+            with safe_open(str(file), framework="pt") as handle:
+                dtypes = {name: handle.get_slice(name).get_dtype() for name in handle.keys()}
         except SafetensorError as error:
             raise ValueError(
                 f"{file} is not a readable safetensors file ({error}); it is truncated or corrupted — "
                 f"save or download it again"
             ) from error
+        for name, dtype in dtypes.items():
+            if dtype not in FLOAT_WEIGHT_DTYPES:
+                raise ValueError(
+                    f"{file}: tensor {name} has dtype {dtype}; ScratchGPT's weights are floating point "
+                    f"({', '.join(FLOAT_WEIGHT_DTYPES)}) and are not cast from other types"
+                )
+            if name in holder:
+                raise ValueError(f"tensor {name} is held by two weight files, {holder[name]} and {file}; keep one")
+            holder[name] = file
     return files
+
+
+def check_tied_head(model: "ScratchGPTForCausalLM", files: list[Path]) -> None:
+    """A model whose config ties lm_head to wte must not come from files holding a different `lm_head.weight`:
+    one of the two would silently win."""
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            if "lm_head.weight" not in handle.keys():
+                continue
+            head = handle.get_tensor("lm_head.weight")
+        embedding = model.get_input_embeddings().weight
+        if not torch.equal(head.to(embedding.device, embedding.dtype), embedding.detach()):
+            raise ValueError(
+                f"{file} holds an lm_head.weight that differs from transformer.wte.weight, but config.json says "
+                f"tie_word_embeddings=true (they are one tensor); set it to false if the head is separate"
+            )
 
 
 def _check_inputs(
@@ -699,10 +767,17 @@ def _check_inputs(
                 f"position_ids has shape {tuple(position_ids.shape)}, expected one position per new token "
                 f"(..., {seq_len})"
             )
-    # (argument, ids, exclusive bound, what it is, what it indexes): token ids index wte, positions index wpe.
+    # A 2-D mask marks each position 1 (attend) or 0 (padding); 0.5, 2 or -1 would silently weight attention.
+    mask_2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+    if mask_2d is not None and mask_2d.dtype.is_floating_point and not torch.compiler.is_compiling():
+        mask_2d = torch.where(mask_2d == mask_2d.round(), mask_2d, torch.full_like(mask_2d, 0.5))
+        if not torch.equal(mask_2d, mask_2d.round()):
+            raise ValueError("attention_mask holds a fractional value; a 2-D mask is 1 (attend) or 0 (padding)")
+    # (argument, values, exclusive bound, what it is, what it indexes): token ids index wte, positions index wpe.
     ranges = [
         ("input_ids", input_ids, config.vocab_size, "token id", "the vocabulary"),
         ("position_ids", position_ids, config.n_positions, "position", "the position table (n_positions)"),
+        ("attention_mask", None if mask_2d is None else mask_2d.to(torch.int8), 2, "value", "0 (padding), 1 (attend):"),
     ]
     ranges = [entry for entry in ranges if entry[1] is not None]
     # The range checks read the ids (one device sync for both, a graph break under torch.compile); a compiled
@@ -728,6 +803,15 @@ def _check_inputs(
         )
     if attention_mask is not None and attention_mask.dim() not in (2, 4):
         raise ValueError(f"attention_mask must be 2-D (batch, length) or a prepared 4-D mask, got {attention_mask.dim()}-D")
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4:
+        # (batch or 1, heads or 1, new tokens, keys): keys may exceed cached + new (a static cache's full length),
+        # but a mask broadcast over the query positions would drop causality.
+        b, h, q, k = attention_mask.shape
+        if b not in (1, batch) or h not in (1, config.n_head) or q != seq_len or k < total:
+            raise ValueError(
+                f"4-D attention_mask has shape {tuple(attention_mask.shape)}, expected (batch {batch} or 1, heads "
+                f"{config.n_head} or 1, new tokens {seq_len}, keys >= {total})"
+            )
 
 
 def _one_cache(cache: object, past_key_values: object) -> Cache | None:

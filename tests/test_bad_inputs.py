@@ -1,5 +1,7 @@
 """Bad model inputs raise ValueError naming the value and what was expected (never an IndexError deep in torch)."""
 
+import math
+
 import pytest
 import torch
 from transformers import DynamicCache
@@ -87,7 +89,7 @@ def test_loss_functions_check_labels_at_their_input(tiny_model):
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["explicit-loss", "fused-training-loss"])
-@pytest.mark.parametrize("count", [0, torch.tensor(0), -3, torch.tensor(-3.0)], ids=["0", "tensor-0", "-3", "tensor-neg"])
+@pytest.mark.parametrize("count", [0, torch.tensor(0), -3, torch.tensor(-3)], ids=["0", "tensor-0", "-3", "tensor-neg"])
 def test_num_items_in_batch_that_would_return_the_sum(tiny_model, training, count):
     tiny_model.train(training)
     ids = torch.tensor([[1, 2, 3, 4]])
@@ -169,3 +171,47 @@ def test_transformers_keywords_are_accepted(tiny_model):
     with torch.no_grad():
         out = tiny_model(ids, output_hidden_states=True, output_attentions=False, return_dict=True)
     assert len(out.hidden_states) == tiny_model.config.n_layer + 1
+
+
+@pytest.mark.parametrize("count", [True, torch.tensor(True), math.inf, torch.tensor(math.nan)], ids=str)
+@pytest.mark.parametrize("training", [False, True], ids=["explicit-loss", "fused-loss"])
+def test_num_items_in_batch_must_be_a_finite_count(tiny_model, training, count):
+    tiny_model.train(training)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with pytest.raises(ValueError, match=r"num_items_in_batch (must be a count of target tokens|is (inf|nan) but)"):
+        tiny_model(ids, labels=ids, num_items_in_batch=count)
+
+
+@pytest.mark.parametrize("count", [3.0, torch.tensor(3.0), torch.tensor(1.5)], ids=str)
+def test_num_items_in_batch_may_be_a_float(tiny_model, count):
+    """Trainer divides the count by the tensor/context-parallel degree, so a float (even fractional) is its value."""
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        summed = tiny_model(ids, labels=ids, num_items_in_batch=1).loss
+        torch.testing.assert_close(tiny_model(ids, labels=ids, num_items_in_batch=count).loss, summed / float(count))
+
+
+@pytest.mark.parametrize("value", [0.5, 2, -1])
+def test_a_2d_mask_is_zero_or_one(tiny_model, value):
+    mask = torch.ones(1, 4)
+    mask[0, 1] = value
+    for dtype in (torch.float32, torch.long):
+        if dtype == torch.long and value == 0.5:
+            continue
+        with pytest.raises(ValueError, match=r"attention_mask .*(fractional value|value -?\d).*0 \(padding\)"):
+            tiny_model(torch.tensor([[1, 2, 3, 4]]), attention_mask=mask.to(dtype))
+    tiny_model(torch.tensor([[1, 2, 3, 4]]), attention_mask=torch.tensor([[0, 1, 1, 1]]).bool())  # bool is fine
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 1, 1, 4), (1, 1, 4, 3), (2, 1, 4, 4), (1, 3, 4, 4)])
+def test_a_4d_mask_must_cover_every_query_and_key(tiny_model, shape):
+    """A (1, 1, 1, 1) mask broadcasts over all positions: every token would attend to every other (no causality)."""
+    with pytest.raises(ValueError, match=r"4-D attention_mask has shape .*expected \(batch 1 or 1, heads 4 or 1"):
+        tiny_model(torch.tensor([[1, 2, 3, 4]]), attention_mask=torch.zeros(shape))
+
+
+def test_a_full_4d_mask_is_used(tiny_model):
+    ids = torch.tensor([[1, 2, 3, 4]])
+    causal = torch.full((4, 4), torch.finfo(torch.float32).min).triu(1)[None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_model(ids, attention_mask=causal).logits, tiny_model(ids).logits)
