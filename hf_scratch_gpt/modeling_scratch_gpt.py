@@ -159,30 +159,6 @@ def causal_lm_loss(
     return summed / max(int(num_items_in_batch), 1)
 
 
-# torch thread counts whose intra-op threads have made their first MKL vector-math call (see below).
-_MKL_VML_FIRST_CALLS_MADE: set[int] = set()
-MKL_VML_GRAIN = 2048  # elements per thread below which torch runs an MKL vector-math function on one thread
-
-
-def make_mkl_vml_first_calls() -> None:
-    """Have every intra-op thread make its first MKL vector-math call on a throwaway tensor.
-
-    torch computes `exp` (and tanh, log, sqrt, erf, ...) of a float32 CPU tensor with MKL's vector math, each thread
-    on its own chunk. With torch 2.13.0's MKL (2024.2) on an AVX-512 Xeon, the first such call, made by two threads
-    at once, returns in a few percent of processes a result up to ~1e-4 off for one thread's chunk; later calls are
-    accurate, and one thread alone or MKL's AVX2 code never showed it (issue 15, tests/mkl_vml.py). The fused
-    loss's `exp_` would otherwise be that first call in a training process, and its first loss and gradients would
-    carry the error (`log` is the loss's other vector-math call). Once per process and thread count; nothing
-    happens on one thread.
-    """
-    threads = torch.get_num_threads()
-    if threads > 1 and threads not in _MKL_VML_FIRST_CALLS_MADE:
-        ones = torch.ones(2 * MKL_VML_GRAIN * threads)
-        torch.exp(ones)
-        torch.log(ones)
-        _MKL_VML_FIRST_CALLS_MADE.add(threads)
-
-
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """sum_i CE(hidden_i @ weightᵀ, target_i), with the gradients computed chunk by chunk during the forward.
 
@@ -201,8 +177,6 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if want_grad_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        if device_type == "cpu":
-            make_mkl_vml_first_calls()
         with torch.autocast(device_type, enabled=False):
             weight_c = weight.to(compute_dtype)  # (V, C)
             for start in range(0, hidden.size(0), chunk_size):
