@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, load_dataset
 
-from .modeling_scratch_gpt import IGNORE_INDEX
+from .checks_scratch_gpt import IGNORE_INDEX
 from .openai.tokenizer import END_OF_TEXT
 
 logger = logging.getLogger(__name__)

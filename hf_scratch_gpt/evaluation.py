@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 if TYPE_CHECKING:
     from datasets import Dataset
 
-from .modeling_scratch_gpt import IGNORE_INDEX
+from .checks_scratch_gpt import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,11 @@ LOCAL_FILE_SUFFIXES = (".txt", ".json", ".jsonl")
 MEASUREMENT_FIELDS = ("perplexity", "eval_dataset", "eval_dataset_name", "eval_split", "eval_protocol")
 
 # What a pushed folder holds besides weights: code, config, tokenizer, card.
-CODE_FILES = ("configuration_scratch_gpt.py", "modeling_scratch_gpt.py")
+# The model's code as save_pretrained copies it next to the weights (the modeling file and its relative imports).
+CODE_FILES = (
+    "configuration_scratch_gpt.py", "modeling_scratch_gpt.py", "checks_scratch_gpt.py", "decoding_scratch_gpt.py",
+    "fused_loss_scratch_gpt.py",
+)
 REQUIRED_FILES = (CONFIG_NAME, *CODE_FILES, CARD_NAME)
 OPTIONAL_FILES = ("generation_config.json",)
 TOKENIZER_FILES = (

@@ -25,15 +25,15 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from .configuration_scratch_gpt import ScratchGPTConfig
-from .modeling_scratch_gpt import (
+from .checks_scratch_gpt import (
     INTERRUPTED_FINAL_SAVE_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
     UNSAFE_WEIGHT_NAMES,
-    ScratchGPTForCausalLM,
     check_weight_files,
     is_plain_file_name,
 )
+from .modeling_scratch_gpt import ScratchGPTForCausalLM
 
 logger = logging.getLogger(__name__)
 

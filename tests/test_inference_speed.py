@@ -10,7 +10,7 @@ from safetensors import safe_open
 import hf_scratch_gpt
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, load_model
 from hf_scratch_gpt.loading import resolve_dtype
-from hf_scratch_gpt.modeling_scratch_gpt import MAX_SPLIT_ROWS, ScratchGPTLinear, store_linear_weights_transposed
+from hf_scratch_gpt.decoding_scratch_gpt import MAX_SPLIT_ROWS, ScratchGPTLinear, store_linear_weights_transposed
 
 from helpers import assert_close_rel, left_padded_batch, random_gpt2
 

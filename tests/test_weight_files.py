@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from hf_scratch_gpt.loading import load_model
-from hf_scratch_gpt.modeling_scratch_gpt import INTERRUPTED_FINAL_SAVE_NAME
+from hf_scratch_gpt.checks_scratch_gpt import INTERRUPTED_FINAL_SAVE_NAME
 from saved_models import save_tiny_model_folder
 
 LOADERS = {"load_model": load_model, "from_pretrained": AutoModelForCausalLM.from_pretrained}
