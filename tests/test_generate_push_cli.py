@@ -74,7 +74,8 @@ def test_card_then_push_dry_run(saved_folder, tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "would upload to me/tiny@dev (private):"
     assert [line.strip() for line in out[1:]] == [
-        "README.md", "config.json", "configuration_scratch_gpt.py", "generation_config.json",
+        "README.md", "checks_scratch_gpt.py", "config.json", "configuration_scratch_gpt.py",
+        "decoding_scratch_gpt.py", "fused_loss_scratch_gpt.py", "generation_config.json",
         "model.safetensors", "modeling_scratch_gpt.py", "tokenizer.json", "tokenizer_config.json",
     ]
 

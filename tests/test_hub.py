@@ -32,8 +32,11 @@ CARD_FIELDS = dict(
 )
 EXPECTED_UPLOAD = [
     "README.md",
+    "checks_scratch_gpt.py",
     "config.json",
     "configuration_scratch_gpt.py",
+    "decoding_scratch_gpt.py",
+    "fused_loss_scratch_gpt.py",
     "generation_config.json",
     "model.safetensors",
     "modeling_scratch_gpt.py",

@@ -64,7 +64,7 @@ MODEL_CARD_TEMPLATE = MODEL_CARDS_DIR / CARD_TEMPLATES["openai_checkpoint"]
 # `overwrite=True` replaces only a folder of these files whose config.json is a ScratchGPT one: anything else in
 # it is someone's data, and the converter refuses rather than delete it.
 CONVERTED_FILE_NAME = re.compile(
-    r"^(config\.json|generation_config\.json|README\.md|(configuration|modeling)_scratch_gpt\.py"
+    r"^(config\.json|generation_config\.json|README\.md|(configuration|modeling|checks|decoding|fused_loss)_scratch_gpt\.py"
     r"|model\.safetensors|model\.safetensors\.index\.json|model-\d{5}-of-\d{5}\.safetensors"
     r"|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|merges\.txt"
     r"|chat_template\.jinja)$"
