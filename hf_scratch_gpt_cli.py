@@ -208,8 +208,10 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--dataset-config", default=None)
     parser.add_argument(
         "--split", default=None,
-        help="a Hub dataset's split (default: test); for pydoc/.txt/.jsonl, which training splits itself: "
-        "validation (the held-out documents), train, or all (default, with a warning)",
+        help="a Hub dataset's split (default: test). pydoc and .txt/.jsonl files have none; for the corpus the model "
+        "was trained on (MODEL/metrics.json's dataset), training's own split of it: validation (the documents it "
+        "held out), train, or all (default, with a warning). Any other local file, e.g. the validation.jsonl the "
+        "demo writes (already a split), is scored whole; validation/train is refused for it",
     )
     parser.add_argument("--validation-fraction", type=float, default=None,
                         help="pydoc/.txt/.jsonl: the held-out share training used (default: training's, 0.05)")

@@ -16,8 +16,10 @@ once, with at least `n_positions - stride` tokens of context once the first wind
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -41,6 +43,8 @@ _LARGEST_EXP_ARGUMENT = math.log(sys.float_info.max)
 # Splits of a source that has none of its own (the embedded corpus, a .txt or .jsonl file): the documents
 # training held out ("validation") or trained on ("train"), split as training splits them; or "all" of them.
 LOCAL_SPLITS = ("validation", "train", "all")
+# Written beside the model by `train`, the Accelerate loop and the demo; its "dataset" names the corpus training split.
+TRAINING_RECORD = "metrics.json"
 
 
 def load_metric(name: str):
@@ -185,6 +189,46 @@ def evaluate_texts(
     return totals.metrics()
 
 
+def training_dataset_of(model_path: str | os.PathLike) -> str | None:
+    """The `--dataset` the model in `model_path` was trained on, as training recorded it in the folder's
+    metrics.json; None for a folder without that record (a converted, downloaded or hand-made model)."""
+    path = Path(model_path) / TRAINING_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not the JSON file training writes beside the model: {error}") from error
+    dataset = record.get("dataset") if isinstance(record, dict) else None
+    return dataset if isinstance(dataset, str) else None
+
+
+def _source_files(source: str) -> tuple[str, ...] | None:
+    """What a dataset source reads, comparable between two spellings of it: the embedded corpus, a Hub id, or the
+    real paths of a local file's / folder's / glob's files; None when a local source does not exist here."""
+    from .data import DEFAULT_CORPUS, _looks_like_path, resolve_local_files
+
+    if source == DEFAULT_CORPUS:
+        return (DEFAULT_CORPUS,)
+    if not _looks_like_path(source):
+        return (f"hub:{source}",)
+    try:
+        return tuple(os.path.realpath(path) for path in resolve_local_files(source)[1])
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def is_training_corpus(dataset: str, training_dataset: str | None) -> bool | None:
+    """Whether `dataset` is the corpus training split (the same files), or None when that is not known: no record
+    of training's dataset, or a recorded local path that does not exist from here."""
+    if training_dataset is None:
+        return None
+    trained_on, given = _source_files(training_dataset), _source_files(dataset)
+    if trained_on is None or given is None:
+        return None
+    return trained_on == given
+
+
 def load_evaluation_documents(
     dataset: str,
     text_column: str = "text",
@@ -192,14 +236,20 @@ def load_evaluation_documents(
     split: str | None = None,
     validation_fraction: float | None = None,
     split_seed: int | None = None,
+    training_dataset: str | None = None,
 ) -> tuple[Dataset, str]:
     """(documents, name of the split scored) of `dataset`, by the split training used for it.
 
     A Hub dataset has splits of its own: `split` names one (default "test"). The embedded corpus and local
-    .txt/.jsonl files have none: training holds out a deterministic share of their documents
-    (`data.split_train_validation` with `validation_fraction` and `split_seed`, defaults as in training), so
-    `split` is one of `LOCAL_SPLITS` and "validation" gives exactly the documents training never saw. Left unset
-    for such a source, every document is scored ("all") and a warning says so.
+    .txt/.jsonl files have none: training holds out a deterministic share of the corpus it trains on
+    (`data.split_train_validation` with `validation_fraction` and `split_seed`, defaults as in training), so for
+    that corpus `split` is one of `LOCAL_SPLITS` and "validation" gives exactly the documents training never saw.
+    Left unset, every document is scored ("all"), with a warning when they may include training's.
+
+    `training_dataset` is the corpus the model was trained on, when known (`training_dataset_of`). A local source
+    that is another corpus — such as the held-out documents the demo writes (`validation.jsonl`), which are
+    already a split — is scored whole: asking for training's "validation" or "train" split of it is an error, as
+    re-splitting it would score only a share of it.
     """
     from .data import DEFAULT_CORPUS, _looks_like_path, load_documents, split_train_validation
 
@@ -211,18 +261,39 @@ def load_evaluation_documents(
             )
         split = split or "test"
         return load_documents(dataset, text_column, dataset_config, split), split
-    if split is None:
-        split = "all"
-        logger.warning(
-            "scoring all documents of %r, including those training learned from; pass split='validation' "
-            "(--split validation) for the held-out ones",
-            dataset,
-        )
-    if split not in LOCAL_SPLITS:
+    if split is not None and split not in LOCAL_SPLITS:
         raise ValueError(
             f"split {split!r} does not exist for {dataset!r}: it has no splits of its own, so it is split as training "
             f"splits it; expected one of {list(LOCAL_SPLITS)}"
         )
+    if split in (None, "all") and (validation_fraction is not None or split_seed is not None):
+        raise ValueError(
+            f"validation_fraction and split_seed choose training's split of {dataset!r}, but split is "
+            f"{split!r} (every document): pass split='validation' or 'train' with them, or leave them out"
+        )
+    training_corpus = is_training_corpus(dataset, training_dataset)
+    if training_corpus is False and split in ("validation", "train"):
+        raise ValueError(
+            f"split {split!r} selects training's {split} share of the corpus it trained on, but {dataset!r} is not "
+            f"that corpus (this model was trained on {training_dataset!r}, per its {TRAINING_RECORD}); re-splitting it "
+            f"would score only part of it. Leave out the split to score it whole (a file of held-out documents, "
+            f"such as the validation.jsonl the demo writes, is a split already)"
+        )
+    if split is None:
+        split = "all"
+        if training_corpus:
+            logger.warning(
+                "scoring all documents of %r, the corpus this model was trained on, including those training learned "
+                "from; pass split='validation' (--split validation) for only the ones it held out",
+                dataset,
+            )
+        elif training_corpus is None:
+            logger.warning(
+                "scoring all documents of %r. If the model was trained on this corpus they include those it learned "
+                "from, and split='validation' (--split validation) scores only the ones training held out; a file "
+                "that holds only held-out documents (such as the demo's validation.jsonl) is scored as it should be",
+                dataset,
+            )
     documents = load_documents(dataset, text_column)
     if split == "all":
         return documents, split
@@ -257,9 +328,10 @@ def evaluate_model(
 ) -> dict[str, float | int | str | None]:
     """`hf-scratch-gpt evaluate`: metrics of a saved model folder (model + tokenizer) on a text file or dataset.
 
-    A text file is scored as one text; a dataset document by document, from the split `load_evaluation_texts`
-    picks (`dataset_split`; for the embedded corpus and local files the split training made). The result names
-    the `split` scored and the number of `documents`.
+    A text file is scored as one text; a dataset document by document, from the split `load_evaluation_documents`
+    picks (`dataset_split`; for the embedded corpus and local files the split training made of the corpus the
+    folder's metrics.json names, a file that is not that corpus being scored whole). The result names the `split`
+    scored and the number of `documents`.
     """
     from .loading import load_model, load_tokenizer
 
@@ -281,7 +353,8 @@ def evaluate_model(
             raise ValueError(f"text file {text_file!r} is empty or whitespace-only")
     else:
         documents, split = load_evaluation_documents(
-            dataset, text_column, dataset_config, dataset_split, validation_fraction, split_seed
+            dataset, text_column, dataset_config, dataset_split, validation_fraction, split_seed,
+            training_dataset=training_dataset_of(model_path),
         )
         texts, count = _dataset_texts(documents, text_column), len(documents)
     # load_model checks the folder first: a missing or mis-shaped tensor is an error, never a random init.
@@ -303,6 +376,7 @@ __all__ = [
     "ScoreTotals",
     "evaluate_model",
     "evaluate_texts",
+    "is_training_corpus",
     "load_evaluation_documents",
     "load_evaluation_texts",
     "load_metric",
@@ -310,4 +384,5 @@ __all__ = [
     "score_text",
     "score_token_ids",
     "sliding_windows",
+    "training_dataset_of",
 ]

@@ -190,3 +190,111 @@ def test_cli_evaluate_honours_split(saved_folder, small_corpus, capsys):
           "--validation-fraction", "0.25"])  # fmt: skip
     result = json.loads(capsys.readouterr().out)
     assert (result["split"], result["documents"]) == ("validation", 10)
+
+
+# Issue 26: a file that is already a split (the held-out documents the demo writes) is scored whole, never re-split.
+@pytest.fixture(scope="module")
+def trained_on_corpus(saved_folder, small_corpus, tmp_path_factory):
+    """(model folder whose metrics.json says it was trained on corpus.txt, the file of its held-out documents):
+    what `train`/the demo leave, with training's split of corpus.txt (fraction 0.25, seed 3) written out."""
+    import json
+    import shutil
+
+    from hf_scratch_gpt.data import load_documents, split_train_validation
+
+    folder = tmp_path_factory.mktemp("trained") / "model"
+    shutil.copytree(saved_folder, folder)
+    (folder / "metrics.json").write_text(json.dumps({"dataset": str(small_corpus / "corpus.txt")}), encoding="utf-8")
+    corpus = load_documents(str(small_corpus / "corpus.txt"))
+    held_out = split_train_validation(corpus, validation_fraction=0.25, seed=3)
+    held_out["validation"].to_json(folder / "validation.jsonl", lines=True, force_ascii=False)
+    return folder, folder / "validation.jsonl"
+
+
+def test_a_file_that_is_already_a_split_is_scored_whole(trained_on_corpus, small_corpus, caplog):
+    from transformers import AutoTokenizer
+
+    from hf_scratch_gpt import load_model
+    from hf_scratch_gpt.data import load_documents
+    from hf_scratch_gpt.evaluation import evaluate_model
+
+    folder, held_out = trained_on_corpus
+    texts = load_documents(str(held_out))["text"]
+    assert len(texts) == 10
+    expected = evaluate_texts(load_model(folder), AutoTokenizer.from_pretrained(folder), texts)
+    with caplog.at_level("WARNING", logger="hf_scratch_gpt.evaluation"):
+        whole = evaluate_model(str(folder), dataset=str(held_out))
+    assert not caplog.records  # nothing to warn about: the model was trained on another file
+    assert (whole["split"], whole["documents"], whole["tokens"]) == ("all", 10, expected["tokens"])
+    assert whole["loss"] == pytest.approx(expected["loss"], rel=1e-12)
+    assert evaluate_model(str(folder), dataset=str(held_out), dataset_split="all") == whole
+    # The same documents, taken from the training corpus by training's split: the same score.
+    from_corpus = evaluate_model(str(folder), dataset=str(small_corpus / "corpus.txt"), dataset_split="validation",
+                                 validation_fraction=0.25, split_seed=3)  # fmt: skip
+    assert (from_corpus["documents"], from_corpus["tokens"]) == (10, whole["tokens"])
+    assert from_corpus["loss"] == pytest.approx(whole["loss"], rel=1e-12)
+
+
+@pytest.mark.parametrize("split", ["validation", "train"])
+def test_training_split_of_a_file_that_is_not_the_training_corpus_is_refused(trained_on_corpus, split):
+    from hf_scratch_gpt.evaluation import evaluate_model
+
+    folder, held_out = trained_on_corpus
+    message = rf"split '{split}' selects .*/{held_out.name}' is not that corpus .*corpus.txt.*Leave out the split"
+    with pytest.raises(ValueError, match=message):
+        evaluate_model(str(folder), dataset=str(held_out), dataset_split=split)
+
+
+def test_training_corpus_is_recognised_however_it_is_spelled(trained_on_corpus, small_corpus, monkeypatch, caplog):
+    from hf_scratch_gpt.evaluation import evaluate_model, is_training_corpus
+
+    folder, held_out = trained_on_corpus
+    monkeypatch.chdir(small_corpus)
+    assert is_training_corpus("corpus.txt", str(small_corpus / "corpus.txt")) is True
+    assert is_training_corpus(str(small_corpus / "*.txt"), "./corpus.txt") is True  # a glob matching only that file
+    assert is_training_corpus("corpus.jsonl", "corpus.txt") is False
+    assert is_training_corpus("pydoc", "pydoc") is True and is_training_corpus("pydoc", "corpus.txt") is False
+    assert is_training_corpus("corpus.txt", None) is None  # no record: not known
+    assert is_training_corpus("corpus.txt", "elsewhere/missing.txt") is None  # a record naming what is not here
+    with caplog.at_level("WARNING", logger="hf_scratch_gpt.evaluation"):
+        everything = evaluate_model(str(folder), dataset="corpus.txt")
+    assert everything["documents"] == 40
+    assert "the corpus this model was trained on" in caplog.text and "--split validation" in caplog.text
+
+
+def test_split_options_without_a_split_are_refused(trained_on_corpus, small_corpus):
+    from hf_scratch_gpt.evaluation import evaluate_model
+
+    folder, _ = trained_on_corpus
+    with pytest.raises(ValueError, match=r"validation_fraction and split_seed choose training's split .*split is None"):
+        evaluate_model(str(folder), dataset=str(small_corpus / "corpus.txt"), validation_fraction=0.25)
+
+
+def test_a_broken_training_record_is_named(trained_on_corpus, tmp_path):
+    import shutil
+
+    from hf_scratch_gpt.evaluation import training_dataset_of
+
+    folder, _ = trained_on_corpus
+    assert training_dataset_of(folder).endswith("corpus.txt")
+    broken = tmp_path / "model"
+    shutil.copytree(folder, broken)
+    (broken / "metrics.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"metrics.json is not the JSON file training writes"):
+        training_dataset_of(broken)
+
+
+def test_cli_scores_the_demos_held_out_file_whole_and_refuses_to_resplit_it(trained_on_corpus, capsys):
+    import json
+
+    from hf_scratch_gpt.cli import main
+
+    folder, held_out = trained_on_corpus
+    assert main(["evaluate", str(folder), "--dataset", str(held_out)]) == 0
+    out, err = capsys.readouterr()
+    assert (json.loads(out)["documents"], json.loads(out)["split"]) == (10, "all")
+    assert "--split" not in err  # no advice to re-split it
+    assert main(["evaluate", str(folder), "--dataset", str(held_out), "--split", "validation"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("hf-scratch-gpt: error: split 'validation' selects training's validation share")
+    assert "is not that corpus" in err and len(err.splitlines()) == 1
