@@ -225,6 +225,13 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.max_minutes is not None:  # refused before anything is imported or trained
+        raise ValueError(
+            f"--max-minutes {args.max_minutes:g}: the demo no longer stops on a time budget (its result depended on "
+            "the machine's speed); it trains a fixed number of steps: choose them with --max-steps"
+        )
+    from tqdm.auto import tqdm
+
     from hf_scratch_gpt.demo import DemoOptions, run_demo, summary_lines
 
     given = dict(
@@ -233,28 +240,31 @@ def _demo(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate, eval_steps=args.eval_steps, seed=args.seed,
         max_new_tokens=args.max_new_tokens,
     )  # fmt: skip
-    if args.max_minutes is not None:
-        given["max_minutes"] = args.max_minutes or None  # 0: no time budget
     options = DemoOptions(**{name: value for name, value in given.items() if value is not None})
-    print("\n".join(summary_lines(run_demo(options))))
+    # The plan and the progress lines go through tqdm.write, which keeps Trainer's progress bar intact.
+    result = run_demo(options, report=lambda line: tqdm.write(line, file=sys.stdout))
+    print("\n".join(summary_lines(result)))
     return 0
 
 
 def _add_demo(subparsers) -> None:
     # An option left out keeps `hf_scratch_gpt.demo.DemoOptions`' default (not repeated here: see the module doc).
     parser = subparsers.add_parser(
-        "demo", help="train a tokenizer and a small GPT on the embedded corpus (~5 min on CPU), evaluate, sample"
+        "demo",
+        help="train a tokenizer and a small GPT on the embedded corpus (~5 min on 2 CPU cores), evaluate, sample; "
+        "a fixed number of steps, so the same options give the same result however fast the machine is",
     )
     parser.add_argument("--output-dir", help="where the model, tokenizer and figures go (default: runs/demo)")
     parser.add_argument("--dataset", help="'pydoc' (the default: embedded), a .txt/.jsonl file or a dataset name")
     parser.add_argument("--preset", help="model size preset (default: tiny)")
     parser.add_argument("--config-overrides", help="comma-separated config fields, e.g. n_layer=2,n_embd=64")
     parser.add_argument("--vocab-size", type=int, help="size of the byte-level BPE trained on the corpus")
-    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--max-steps", type=int, help="training steps (default: 1200); the run's length is set by "
+                        "steps, never by time, so its result does not depend on the machine's speed")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--eval-steps", type=int)
-    parser.add_argument("--max-minutes", type=float, help="training time budget (default: 4); 0: none")
+    parser.add_argument("--max-minutes", type=float, help=argparse.SUPPRESS)  # removed; refused with the reason
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--seed", type=int)
     parser.set_defaults(handler=_demo)

@@ -263,7 +263,7 @@ def test_values_the_parser_repeats_agree_with_the_package(capsys):
     assert code == 0
     text, defaults = " ".join(out.split()), DemoOptions()
     for shown in (f"(default: {defaults.output_dir})", f"'{defaults.dataset}' (the default", f"(default: {defaults.preset})",
-                  f"(default: {defaults.max_minutes:g})"):  # fmt: skip
+                  f"(default: {defaults.max_steps})"):  # fmt: skip
         assert shown in text, shown
 
 

@@ -28,12 +28,16 @@ def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
     stdout = run(["-m", "hf_scratch_gpt.cli", "demo", "--output-dir", str(out), "--max-steps", "40", "--learning-rate", "5e-3",
                   "--eval-steps", "20", "--vocab-size", "400", "--config-overrides", SMALL, "--max-new-tokens", "8",
-                  "--batch-size", "8", "--max-minutes", "0"])  # fmt: skip
+                  "--batch-size", "8"])  # fmt: skip
     return out, stdout
 
 
 def test_demo_end_to_end_small(demo_run):
     out, stdout = demo_run
+    # Up front: what it will do and how long it should take; while training: step/total with the losses.
+    assert stdout.startswith("demo: 40 training steps (batch 8) on 'pydoc', evaluated every 20 steps")
+    assert "expected time: no estimate for this model" in stdout.splitlines()[0]
+    assert "step 20/40: train loss " in stdout and "step 40/40: train loss " in stdout
     assert "validation perplexity:" in stdout and "unigram baseline:" in stdout
     assert "sample (greedy)" in stdout and "sample (top_k=40)" in stdout and "sample (temperature=0.8)" in stdout
     assert f"model folder: {out}" in stdout and f"loss plot: {out / 'loss.png'}" in stdout
@@ -49,6 +53,70 @@ def test_demo_end_to_end_small(demo_run):
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.config.vocab_size == len(tokenizer) == 400
+
+
+def test_evaluate_scores_the_demos_held_out_file_whole(demo_run, capsys):
+    """`evaluate runs/demo --dataset runs/demo/validation.jsonl` scores every held-out document (the demo's
+    per-document number), with no advice to pass --split; --split validation would re-split it and is refused."""
+    from hf_scratch_gpt.cli import main
+
+    out, _ = demo_run
+    held_out = out / "validation.jsonl"
+    lines = held_out.read_text(encoding="utf-8").splitlines()
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--dataset", str(held_out)]) == 0
+    printed, err = capsys.readouterr()
+    result, demo = json.loads(printed), json.loads((out / "metrics.json").read_text())["demo"]
+    assert (result["split"], result["documents"]) == ("all", len(lines)) and len(lines) > 100
+    assert result["tokens"] == demo["validation_per_document"]["tokens"]
+    assert result["perplexity"] == pytest.approx(demo["validation_per_document"]["perplexity"], rel=1e-9)
+    assert "--split" not in err
+    assert main(["evaluate", str(out), "--dataset", str(held_out), "--split", "validation"]) == 1
+    assert "is not that corpus" in capsys.readouterr().err
+
+
+def test_demo_runs_a_fixed_number_of_steps_not_a_time_budget(capsys):
+    from dataclasses import fields
+
+    from hf_scratch_gpt.cli import main
+    from hf_scratch_gpt.demo import DemoOptions, expected_seconds, plan_line
+
+    names = {option.name for option in fields(DemoOptions)}
+    assert "max_steps" in names
+    assert not [name for name in names if any(unit in name for unit in ("minute", "second", "time"))], names
+    default = DemoOptions()
+    assert 4 * 60 <= expected_seconds(default) <= 6 * 60  # "about five minutes" on 2 idle cores
+    assert plan_line(default).startswith(f"demo: {default.max_steps} training steps (batch 16) on 'pydoc'")
+    assert "expected time: about 4 min" in plan_line(default) or "expected time: about 5 min" in plan_line(default)
+    # The flag of the old time budget is refused with the reason, before anything runs.
+    assert main(["demo", "--max-minutes", "4", "--output-dir", "never-written"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("hf-scratch-gpt: error: --max-minutes 4: the demo no longer stops on a time budget")
+    assert "--max-steps" in err and not (ROOT / "never-written").exists()
+
+
+def test_demo_result_is_reproducible(tmp_path, corpus_file):
+    """The same options give the same numbers and samples: the run is a fixed number of seeded steps (two short runs
+    in this process; `make demo` is the same at 1200 steps)."""
+    from hf_scratch_gpt.demo import DemoOptions, run_demo
+
+    def demo(name):
+        options = DemoOptions(output_dir=str(tmp_path / name), dataset=str(corpus_file), config_overrides=SMALL,
+                              tokenizer_vocab_size=300, max_steps=6, eval_steps=3, batch_size=4,
+                              max_new_tokens=6)  # fmt: skip
+        reported = []
+        return run_demo(options, report=reported.append), reported
+
+    (first, first_report), (second, _) = demo("first"), demo("second")
+    assert first["trained_steps"] == second["trained_steps"] == 6
+    assert [line.split(":")[0] for line in first_report] == ["demo", "step 3/6", "step 6/6"]
+    for measure in ("validation_per_document", "validation_blocks"):
+        for name in ("loss", "perplexity", "accuracy"):
+            assert first[measure][name] == pytest.approx(second[measure][name], rel=1e-12, abs=0), (measure, name)
+    assert first["unigram_baseline_perplexity"] == second["unigram_baseline_perplexity"]
+    assert [sample["text"] for sample in first["samples"]] == [sample["text"] for sample in second["samples"]]
+    assert len({sample["text"] for sample in first["samples"]}) > 1  # not an empty or constant output
+    assert first["validation_per_document"]["perplexity"] < 300  # it learned something (uniform guess: 300)
 
 
 def test_evaluate_command_prints_json(demo_run, tmp_path):

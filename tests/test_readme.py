@@ -52,7 +52,7 @@ REDUCED = {
     # The Makefile's demo target runs `hf-scratch-gpt demo $(ARGS)` (checked in test_make_demo_is_the_demo_command).
     "make demo":
         f"hf-scratch-gpt demo --max-steps 4 --eval-steps 4 --batch-size 4 --vocab-size 300 --max-new-tokens 4 "
-        f"--max-minutes 0 --config-overrides {SMALL_MODEL}",
+        f"--config-overrides {SMALL_MODEL}",
     "hf-scratch-gpt train --output_dir runs/x --preset tiny --config_overrides n_embd=128,n_layer=4 --dataset pydoc "
     "--max_steps 500 --eval_strategy steps --eval_steps 100 --gradient_accumulation_steps 4":
         f"hf-scratch-gpt train --output_dir runs/x --preset tiny --config_overrides {SMALL_MODEL} --dataset pydoc "
