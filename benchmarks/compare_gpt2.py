@@ -13,8 +13,9 @@ Measures, in one run and one process per measurement kind:
   Conv1D has no nn.Linear to quantize), with the held-out perplexity change against float32;
 - greedy tokens/s for 8 left-padded prompts and the time to first token of a 512-token prompt;
 - the OpenAI-checkpoint converter's time and peak memory (benchmarks/convert_openai.py), unless skipped.
-Prints a markdown table and writes the numbers as JSON. Both models get the same config (dropout off) and
-the same optimizer (AdamW, fused where the device supports it), so the ratios compare the models only.
+Prints a markdown table and writes the numbers as JSON (default runs/benchmarks/results.json; the README's
+figures are kept in benchmarks/results.json and benchmarks/results_inference.json). Both models get the same config
+(dropout off) and the same optimizer (AdamW, fused where the device supports it), so the ratios compare the models only.
 """
 
 import argparse
@@ -406,7 +407,9 @@ def main(argv=None) -> int:
     parser.add_argument("--prefill", type=int, default=512, help="prompt length for the time-to-first-token row")
     parser.add_argument("--convert-size", default="124M", help="OpenAI size for the converter benchmark")
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "bf16", "memory", "generation", "lowprec", "batch", "convert"])
-    parser.add_argument("--out", default=str(HERE / "results.json"))
+    # Under runs/ (ignored by git): a run never overwrites the tracked benchmarks/results*.json the README quotes.
+    parser.add_argument("--out", default=str(HERE.parent / "runs" / "benchmarks" / "results.json"),
+                        help="where the JSON goes (default: runs/benchmarks/results.json)")
     parser.add_argument("--memory-child", choices=["gpt2", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -463,6 +466,7 @@ def main(argv=None) -> int:
         r["converter"] = benchmark_conversion(args.convert_size)
     table = markdown_table(r)
     print(table)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({**r, "table": table}, indent=2))
     print(f"\nwrote {args.out}")
     return 0

@@ -13,8 +13,8 @@ more on the filled cache: the cache-hit figure). Peak RSS is the process's high-
 counts the memory-mapped Arrow pages it touched; the kernel can drop those at any time) and the largest sampled sum
 of proportional anonymous memory (`Pss_Anon`) of the process and its worker processes: the memory the pipeline
 itself holds, with pages that forked workers share with their parent counted once.
-Writes `benchmarks/data_pipeline.json` and prints a Markdown table. Everything it writes under --workdir is deleted
-at the end unless --keep.
+Writes `runs/benchmarks/data_pipeline.json` (the README's run is kept in `benchmarks/data_pipeline.json`) and prints
+a Markdown table. Everything it writes under --workdir is deleted at the end unless --keep.
 """
 
 from __future__ import annotations
@@ -181,7 +181,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train-steps", type=int, default=0, help="also train N steps on the largest corpus")
     parser.add_argument("--workdir", default="/tmp/hf_scratch_gpt_data_bench")
     parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--output", default=str(HERE / "data_pipeline.json"))
+    parser.add_argument("--output", default=str(HERE.parent / "runs" / "benchmarks" / "data_pipeline.json"),
+                        help="where the JSON goes (default: runs/benchmarks/data_pipeline.json, not a tracked file)")
     args = parser.parse_args(argv)
     work = Path(args.workdir)
     rows = []
@@ -233,6 +234,7 @@ def main(argv=None) -> int:
         "block_size": BLOCK_SIZE,
         "rows": rows,
     }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print("| text | pipeline | MB/s | encode_batch MB/s | share | peak RSS | peak anon. | cache hit |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

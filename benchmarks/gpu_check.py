@@ -1,7 +1,7 @@
 """GPU check: what has to hold, and what it costs, on a CUDA machine — in one command.
 
     python benchmarks/gpu_check.py                      # CUDA: the full check (a few minutes on one H100)
-    python benchmarks/gpu_check.py --out my_gpu.json    # where the JSON goes (default benchmarks/gpu_check.json)
+    python benchmarks/gpu_check.py --out my_gpu.json    # where the JSON goes (default runs/benchmarks/gpu_check.json)
 
 On CUDA it runs, with identical weights in ScratchGPTForCausalLM and transformers' GPT2LMHeadModel:
 - parity: logits, loss and parameter gradients in float32 (relative error <= 1e-5, left-padded batch included),
@@ -423,7 +423,8 @@ def markdown(rows: list[dict], skipped: list[str], env: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(HERE / "gpu_check.json"), help="where the JSON results go")
+    parser.add_argument("--out", default=str(HERE.parent / "runs" / "benchmarks" / "gpu_check.json"),
+                        help="where the JSON goes (default: runs/benchmarks/gpu_check.json, not a tracked file)")
     parser.add_argument("--cpu", action="store_true", help="run the CPU subset even when CUDA is available")
     args = parser.parse_args(argv)
     plan = CPU_PLAN if args.cpu or not torch.cuda.is_available() else CUDA_PLAN
@@ -437,6 +438,7 @@ def main(argv=None) -> int:
         rows, skipped = run_checks(plan, Path(workdir))
     table = markdown(rows, skipped, env)
     print(table)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"environment": env, "plan": asdict(plan), "checks": rows,
                                           "skipped": skipped, "table": table}, indent=2, default=str))  # fmt: skip
     print(f"\nwrote {args.out}", file=sys.stderr)

@@ -28,8 +28,8 @@ from helpers import GPT2_SHAPES, free_port, launch_temp, random_gpt2
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 LINKED = ("README.md", "examples")  # what README commands read from the repository root
-# Copied, not linked: scripts there write their results beside themselves (gpu_check.json), which must land in the
-# stand-in root, not in the repository.
+# Copied, not linked: scripts there write their results under the root above them (runs/benchmarks/gpu_check.json),
+# which must be the stand-in root, not the repository.
 COPIED = ("benchmarks",)
 
 # A model small enough that the README's training commands finish in seconds (2 layers, 32 wide).
@@ -42,9 +42,10 @@ NOT_RUN = {
         "needs a CUDA GPU",
     ".venv/bin/python benchmarks/compare_gpt2.py --skip memory convert": "benchmark: several minutes on 2 cores",
     ".venv/bin/python benchmarks/compare_gpt2.py --skip train memory convert --gen-new-tokens 64 "
-    "--out benchmarks/results_inference.json": "benchmark: about 3 minutes on 2 cores (the decoding rows)",
+    "--out runs/benchmarks/results_inference.json": "benchmark: about 3 minutes on 2 cores (the decoding rows)",
     "hf-scratch-gpt push runs/demo you/my-gpt --private": "network: uploads to the Hugging Face Hub",
-    "hf-scratch-gpt download-openai 124M gpt2-124M-tf": "network: downloads OpenAI's checkpoint (STAND_INS has one)",
+    "hf-scratch-gpt download-openai 124M runs/gpt2-124M-tf":
+        "network: downloads OpenAI's checkpoint (STAND_INS has one)",
 }
 
 # README command → what runs instead (the same program and arguments, with fewer steps / a smaller model).
@@ -76,7 +77,7 @@ REDUCED = {
 PYTHON_SUBSTITUTIONS = {'"you/my-gpt"': '"hub/you/my-gpt"'}
 STAND_INS = {
     "path/to/gpt2-folder": "a random GPT2LMHeadModel saved in transformers format",
-    "gpt2-124M-tf": "a tiny checkpoint in OpenAI's exact TF layout (tests/openai/openai_checkpoints.py)",
+    "runs/gpt2-124M-tf": "a tiny checkpoint in OpenAI's exact TF layout (tests/openai/openai_checkpoints.py)",
     "hub/you/my-gpt": "the files `push` would upload from runs/demo, with a model card",
 }
 
@@ -126,6 +127,28 @@ def test_tables_match_the_readme():
     assert all(path.split("/")[-1] in readme for path in STAND_INS)
 
 
+# Programs the README runs by their bare name: console scripts of the virtual environment `make` creates.
+VENV_PROGRAMS = ("hf-scratch-gpt", "python", "torchrun", "accelerate")
+
+
+def test_readme_says_how_to_activate_the_venv_before_any_bare_command():
+    """`hf-scratch-gpt`, `python`, `torchrun` work as written only in the activated .venv (issue 26): the README says
+    how, before the first block that needs it, and every bash command is `make`, a venv path or a venv program."""
+    readme = README.read_text(encoding="utf-8")
+    venv = re.search(r"^VENV \?= (\S+)$", (ROOT / "Makefile").read_text(encoding="utf-8"), flags=re.M).group(1)
+    activate = f"`. {venv}/bin/activate`"
+    assert activate in readme, f"the README never says {activate}"
+    activate_line = readme.count("\n", 0, readme.index(activate)) + 1
+    programs = [(line, shlex.split(command)[0]) for language, line, body in BLOCKS if language == "bash"
+                for command in shell_commands(body)]  # fmt: skip
+    bare = [line for line, program in programs if program in VENV_PROGRAMS]
+    assert bare and activate_line < min(bare), (activate_line, bare)
+    for line, program in programs:
+        assert program == "make" or program.startswith(f"{venv}/bin/") or program in VENV_PROGRAMS, (line, program)
+    interpreter_bin = Path(sys.executable).parent  # the venv the tests run in has each program the README names
+    assert all((interpreter_bin / program).exists() for program in VENV_PROGRAMS), interpreter_bin
+
+
 def test_make_demo_is_the_demo_command():
     """REDUCED replaces `make demo` by `hf-scratch-gpt demo ...`: that is what the Makefile runs."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
@@ -152,6 +175,25 @@ def run_subprocess(argv: list[str], workspace: Path) -> str:
 
 
 OUTPUTS: dict[str, str] = {}  # README command → what the CLI printed (read by the tests after the block tests)
+BEFORE_COMMANDS: dict[str, str] = {}  # the stand-in root's files outside runs/, before the README's commands ran
+BLOCKS_DONE: set[int] = set()  # line numbers of the blocks test_readme_block_runs ran (or skipped: no TensorFlow)
+NOT_THE_COMMANDS = {"runs", "__pycache__", ".modules"}  # runs/ may change; the others are Python's and this test's
+
+
+def files_outside_runs(root: Path) -> dict[str, str]:
+    """Relative path → sha256 of each file under `root` (a link: its target, not followed), outside runs/."""
+    import hashlib
+
+    found = {}
+    for folder, names, files in os.walk(root):
+        names[:] = [name for name in names if name not in NOT_THE_COMMANDS and not (Path(folder) / name).is_symlink()]
+        links = [name for name in os.listdir(folder) if (Path(folder) / name).is_symlink()]
+        for name in sorted(set(files) | set(links)):
+            path = Path(folder) / name
+            relative = str(path.relative_to(root))
+            link = path.is_symlink()
+            found[relative] = f"-> {os.readlink(path)}" if link else hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
 
 
 def run_command(command: str, workspace: Path, monkeypatch, capsys=None) -> None:
@@ -206,7 +248,7 @@ def workspace(tmp_path_factory, one_thread):
         sys.path.insert(0, str(ROOT / "tests" / "openai"))
         from openai_checkpoints import write_openai_checkpoint  # imports TensorFlow (the `convert` extra)
 
-        write_openai_checkpoint(root / "gpt2-124M-tf", seed=0)
+        write_openai_checkpoint(root / "runs" / "gpt2-124M-tf", seed=0)
     except ImportError:
         pass  # the conversion blocks are skipped below
     finally:
@@ -222,6 +264,7 @@ def workspace(tmp_path_factory, one_thread):
     for name in plan_upload(staging)[0]:
         shutil.copy(staging / name, root / "hub" / "you" / "my-gpt" / name)
     shutil.rmtree(staging)
+    BEFORE_COMMANDS.update(files_outside_runs(root))
     return root
 
 
@@ -234,14 +277,27 @@ def block_id(block) -> str:
 @pytest.mark.parametrize("block", BLOCKS, ids=[block_id(block) for block in BLOCKS])
 def test_readme_block_runs(block, workspace, monkeypatch, capsys):
     language, line, body = block
-    if "gpt2-124M-tf" in body and not (workspace / "gpt2-124M-tf").is_dir():
+    if "gpt2-124M-tf" in body and not (workspace / "runs" / "gpt2-124M-tf").is_dir():
+        BLOCKS_DONE.add(line)
         pytest.skip("the conversion needs TensorFlow (the `convert` extra)")
     if language == "python":
         run_python(body, workspace)
-        return
-    for command in shell_commands(body):
-        if key(command) not in NOT_RUN and key(command) not in RUN_BY_THE_WORKSPACE:
-            run_command(command, workspace, monkeypatch, capsys)
+    else:
+        for command in shell_commands(body):
+            if key(command) not in NOT_RUN and key(command) not in RUN_BY_THE_WORKSPACE:
+                run_command(command, workspace, monkeypatch, capsys)
+    BLOCKS_DONE.add(line)
+
+
+def test_readme_commands_write_only_under_runs(workspace):
+    """After every block ran: nothing was added or changed outside runs/ (issue 26: `save_pretrained("my-model")`,
+    `benchmarks/gpu_check.json` and a converted checkpoint landed in the repository, next to tracked files)."""
+    if len(BLOCKS_DONE) < len(BLOCKS):
+        pytest.skip("checks what the block tests wrote: select it together with test_readme_block_runs")
+    after = files_outside_runs(workspace)
+    added = sorted(set(after) - set(BEFORE_COMMANDS))
+    changed = sorted(path for path in BEFORE_COMMANDS if after.get(path) != BEFORE_COMMANDS[path])
+    assert not added and not changed, f"README commands wrote outside runs/: added {added}, changed/removed {changed}"
 
 
 def test_the_demo_writes_what_the_readme_names(workspace):
