@@ -1,0 +1,14 @@
+"""Import of models trained with other from-scratch GPT-2 projects: nanoGPT's `ckpt.pt`, llm.c's `model.bin` and
+the "LLMs from scratch" book's `GPTModel` state dict, each into a `from_pretrained`-ready ScratchGPT folder that is
+verified against the source project's own forward before it is published (`common.publish_conversion`).
+
+One function per format; `CONVERTERS` maps the CLI's `--from` names to them. OpenAI's TensorFlow checkpoints have
+their own converter, `hf_scratch_gpt.openai.convert`.
+"""
+
+from .common import PeerConversionReport
+from .nanogpt import convert_nanogpt
+
+CONVERTERS = {"nanogpt": convert_nanogpt}
+
+__all__ = ["CONVERTERS", "PeerConversionReport", "convert_nanogpt"]
