@@ -7,8 +7,9 @@ their own converter, `hf_scratch_gpt.openai.convert`.
 """
 
 from .common import PeerConversionReport
+from .llmc import convert_llmc
 from .nanogpt import convert_nanogpt
 
-CONVERTERS = {"nanogpt": convert_nanogpt}
+CONVERTERS = {"nanogpt": convert_nanogpt, "llmc": convert_llmc}
 
-__all__ = ["CONVERTERS", "PeerConversionReport", "convert_nanogpt"]
+__all__ = ["CONVERTERS", "PeerConversionReport", "convert_llmc", "convert_nanogpt"]
