@@ -7,9 +7,10 @@ their own converter, `hf_scratch_gpt.openai.convert`.
 """
 
 from .common import PeerConversionReport
+from .lfs import convert_lfs
 from .llmc import convert_llmc
 from .nanogpt import convert_nanogpt
 
-CONVERTERS = {"nanogpt": convert_nanogpt, "llmc": convert_llmc}
+CONVERTERS = {"nanogpt": convert_nanogpt, "llmc": convert_llmc, "lfs": convert_lfs}
 
-__all__ = ["CONVERTERS", "PeerConversionReport", "convert_llmc", "convert_nanogpt"]
+__all__ = ["CONVERTERS", "PeerConversionReport", "convert_lfs", "convert_llmc", "convert_nanogpt"]

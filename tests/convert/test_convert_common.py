@@ -15,7 +15,7 @@ from hf_scratch_gpt.convert.common import char_tokenizer, read_char_vocabulary, 
 
 
 def test_every_format_has_a_converter():
-    assert sorted(CONVERTERS) == ["llmc", "nanogpt"]
+    assert sorted(CONVERTERS) == ["lfs", "llmc", "nanogpt"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
