@@ -185,3 +185,131 @@ def test_no_trust_remote_code_needed_with_the_package_installed(good_folder, tmp
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.strip().endswith("OK")
     assert not (tmp_path / "modules").exists() or not any((tmp_path / "modules").rglob("modeling_scratch_gpt.py"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# issue 27: each bad file is named, never a traceback from deep inside json, torch or tokenizers
+# ---------------------------------------------------------------------------------------------------------------------
+def _edit_config(folder, **changes):
+    config_file = folder / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **changes}))
+
+
+@pytest.mark.parametrize("depth", [500, 100_000])  # 500: parses, then transformers' deepcopy recursed too deep
+def test_deeply_nested_config_is_named(folder_copy, depth):
+    config_file = folder_copy / "config.json"
+    config_file.write_text(config_file.read_text().rstrip().rstrip("}") + f', "x": {"[" * depth}{"]" * depth}}}')
+    with pytest.raises(ValueError, match=r"config\.json nests JSON arrays/objects .* levels deep; at most 100"):
+        load_model(folder_copy)
+
+
+def test_nesting_up_to_the_limit_still_loads(folder_copy):
+    config_file = folder_copy / "config.json"
+    config_file.write_text(config_file.read_text().rstrip().rstrip("}") + f', "x": {"[" * 99}{"]" * 99}}}')
+    load_model(folder_copy)
+
+
+@pytest.mark.parametrize("key, value", [("dtype", "evil"), ("dtype", "int8"), ("torch_dtype", 3)])
+def test_config_dtype_that_is_no_float_dtype_is_named(folder_copy, key, value):
+    _edit_config(folder_copy, **{key: value})
+    with pytest.raises(ValueError, match=rf"config\.json: {key} {value!r} is not a floating-point torch dtype"):
+        load_model(folder_copy)
+
+
+def test_config_in_bfloat16_still_loads(folder_copy):
+    _edit_config(folder_copy, dtype="bfloat16")
+    assert read_config(folder_copy).dtype == torch.bfloat16
+
+
+@pytest.fixture(scope="module")
+def tokenizer_folder(tmp_path_factory):
+    from saved_models import save_tiny_model_folder
+
+    folder = tmp_path_factory.mktemp("with-tokenizer")
+    save_tiny_model_folder(folder)
+    return folder
+
+
+def _as_vocab_and_merges(folder):
+    """Replace the folder's tokenizer.json by the classic GPT-2 pair vocab.json + merges.txt (same BPE)."""
+    bpe = json.loads((folder / "tokenizer.json").read_text())["model"]
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.json").write_text(json.dumps(bpe["vocab"]))
+    merges = [" ".join(merge) if isinstance(merge, list) else merge for merge in bpe["merges"]]
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return bpe
+
+
+TOKENIZER_BREAKAGES = {
+    "tokenizer.json {}": ("tokenizer.json", "{}", r"tokenizer\.json is not a valid tokenizer\.json"),
+    "tokenizer.json a list": ("tokenizer.json", "[]", r"tokenizer\.json must hold a JSON object, got list"),
+    "tokenizer_config.json a string": ("tokenizer_config.json", '"x"', r"tokenizer_config\.json must hold a JSON"),
+    "vocab.json a list": ("vocab.json", "[1, 2]", r"vocab\.json must hold a JSON object, got list"),
+    "vocab.json string ids": ("vocab.json", '{"a": "0"}', r"vocab\.json maps the token 'a' to '0'; .* integer id >= 0"),
+    "merges.txt three tokens": ("merges.txt", "#version: 0.2\na b c\n", r"merges\.txt is not a valid merges\.txt"),
+    "merges.txt unknown tokens": ("merges.txt", "#version: 0.2\nQQQ ZZZ\n", r"merges\.txt is not a valid .*QQQ"),
+    "merges.txt not UTF-8": ("merges.txt", b"#version: 0.2\n\xff\xfe x\n", r"merges\.txt is not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TOKENIZER_BREAKAGES))
+def test_broken_tokenizer_file_is_named(tokenizer_folder, tmp_path, case):
+    name, content, message = TOKENIZER_BREAKAGES[case]
+    folder = tmp_path / "model"
+    shutil.copytree(tokenizer_folder, folder)
+    if name in ("vocab.json", "merges.txt"):
+        _as_vocab_and_merges(folder)
+    (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=message):
+        load_tokenizer(folder)
+
+
+def test_vocab_and_merges_pair_still_loads(tokenizer_folder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tokenizer_folder, folder)
+    expected = load_tokenizer(folder)("Hello world").input_ids
+    _as_vocab_and_merges(folder)
+    assert load_tokenizer(folder)("Hello world").input_ids == expected
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", r"generation_config\.json is not valid JSON"),  # transformers silently used defaults
+        ('{"max_new_tokens": -3}', r"generation_config\.json is not a valid generation config: .*max_new_tokens"),
+        ("[]", r"generation_config\.json must hold a JSON object"),
+    ],
+)
+def test_bad_generation_config_is_named(tokenizer_folder, tmp_path, content, message):
+    folder = tmp_path / "model"
+    shutil.copytree(tokenizer_folder, folder)
+    (folder / "generation_config.json").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_model(folder)
+
+
+def test_a_file_where_a_folder_is_expected_and_the_reverse(folder_copy):
+    config_file = folder_copy / "config.json"
+    with pytest.raises(NotADirectoryError, match=r"config\.json is a file, expected a folder"):
+        check_model_folder(config_file)
+    with pytest.raises(NotADirectoryError, match=r"config\.json is a file, expected a model folder"):
+        load_model(config_file)
+    config_file.unlink()
+    config_file.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"config\.json is a folder, expected a file"):
+        load_model(folder_copy)
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="root reads files whatever their mode (CAP_DAC_OVERRIDE), so chmod cannot make a file unreadable here",
+)
+@pytest.mark.parametrize("unreadable", ["config.json", "."])
+def test_unreadable_file_or_folder_is_reported_as_unreadable_not_missing(folder_copy, unreadable):
+    target = folder_copy / unreadable
+    target.chmod(0)
+    try:
+        with pytest.raises(PermissionError, match=r"Permission denied: .*config\.json"):
+            load_model(folder_copy)
+    finally:
+        target.chmod(0o755)

@@ -7,7 +7,6 @@ data files below plus the tokenizer pair; `checkpoint` and `.meta` (the TF graph
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 
 from transformers.utils import logging
 
+from ..loading import existing_folder, read_json_file
 from .names import HPARAMS_TO_CONFIG, TensorRule, dimensions, expected_variables, map_openai_name, tf_shape_for
 
 logger = logging.get_logger(__name__)
@@ -51,10 +51,9 @@ def read_hparams(path: str | os.PathLike) -> dict[str, int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"hparams file not found: {path}")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    raw = read_json_file(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must hold a JSON object with {list(HPARAMS_TO_CONFIG)}, got {type(raw).__name__}")
     missing = [key for key in HPARAMS_TO_CONFIG if key not in raw]
     if missing:
         raise ValueError(f"{path} lacks {missing}; expected keys {list(HPARAMS_TO_CONFIG)}")
@@ -83,9 +82,7 @@ class OpenAICheckpoint:
     """
 
     def __init__(self, ckpt_dir: str | os.PathLike) -> None:
-        self.ckpt_dir = Path(ckpt_dir)
-        if not self.ckpt_dir.is_dir():
-            raise FileNotFoundError(f"checkpoint folder not found: {self.ckpt_dir}")
+        self.ckpt_dir = existing_folder(ckpt_dir, "checkpoint folder")
         missing = [name for name in REQUIRED_FILES if not (self.ckpt_dir / name).is_file()]
         if missing:
             raise FileNotFoundError(f"checkpoint folder {self.ckpt_dir} is missing {missing}")

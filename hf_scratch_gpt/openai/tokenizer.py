@@ -16,6 +16,8 @@ from pathlib import Path
 
 from transformers import GPT2Tokenizer
 
+from ..loading import read_json_file, read_text_file
+
 END_OF_TEXT = "<|endoftext|>"
 MERGES_VERSION_LINE = "#version: 0.2"
 
@@ -24,10 +26,7 @@ def read_encoder(encoder_json: str | os.PathLike) -> dict[str, int]:
     path = Path(encoder_json)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer vocabulary not found: {path}")
-    try:
-        encoder = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    encoder = read_json_file(path)
     if not isinstance(encoder, dict) or not all(isinstance(i, int) for i in encoder.values()):
         raise ValueError(f"{path} must map token strings to integer ids")
     if END_OF_TEXT not in encoder:
@@ -42,7 +41,7 @@ def read_merges(vocab_bpe: str | os.PathLike) -> list[tuple[str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"BPE merges not found: {path}")
     merges: list[tuple[str, str]] = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+    for line_number, line in enumerate(read_text_file(path).split("\n"), start=1):
         if not line or (line_number == 1 and line.startswith("#version")):
             continue
         parts = line.split()
