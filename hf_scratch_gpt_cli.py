@@ -13,6 +13,7 @@ A mistake in the input (a missing folder, a bad flag value, a file that is not U
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -66,6 +67,19 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
+
+
+def _perplexity(text: str) -> float:
+    """A perplexity: a finite number >= 1 (exp of a mean negative log-likelihood). The same rule as
+    hf_scratch_gpt.hub.check_perplexity (tests/test_hub.py checks both refuse the same values), here so that the
+    refusal names the flag."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 1 (a perplexity), got {text!r}")
+    return value
 
 
 def _device(text: str) -> str:
@@ -361,7 +375,7 @@ def _add_card(subparsers) -> None:
     parser.add_argument("--license", required=True, help="e.g. apache-2.0, mit")
     parser.add_argument("--dataset", action="append", help="Hub id of a training dataset (repeatable)")
     parser.add_argument("--base-model", default=None, help="Hub id of the base model (fine-tunes)")
-    parser.add_argument("--perplexity", type=float, default=None)
+    parser.add_argument("--perplexity", type=_perplexity, default=None, help="measured perplexity (a number >= 1)")
     parser.add_argument("--eval-dataset", default=None, help="dataset the perplexity was measured on")
     parser.add_argument("--eval-split", default=None)
     parser.add_argument("--language", default=None)

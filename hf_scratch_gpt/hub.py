@@ -7,16 +7,31 @@ license, tags, datasets, base model and perplexity (as `model-index`).
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .loading import CONFIG_NAME, TOKENIZER_FILE_SETS, check_model_folder, check_weight_files, read_tensor_shapes
+from .loading import (
+    CONFIG_NAME,
+    TOKENIZER_FILE_SETS,
+    TOKENIZER_FILES,
+    check_model_folder,
+    check_tokenizer_files,
+    check_weight_files,
+    existing_folder,
+    file_in_folder,
+    folder_file,
+    read_json_object,
+    read_tensor_shapes,
+    read_text_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +64,26 @@ CODE_FILES = (
 )
 REQUIRED_FILES = (CONFIG_NAME, *CODE_FILES, CARD_NAME)
 OPTIONAL_FILES = ("generation_config.json",)
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.json", "merges.txt", "chat_template.jinja",
-)
+
+
+def check_repo_id(repo_id: str, what: str = "repo_id") -> str:
+    """`repo_id` when huggingface_hub's own validator accepts it ("name" or "owner/name", letters, digits, '-', '_',
+    '.', no '--' or '..', at most 96 characters); `ValueError` naming it otherwise. Hub ids written into a card or
+    pushed to must be ids the Hub can have: a card's links and usage snippet would otherwise point nowhere."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"{what} {repo_id!r} is not a valid Hub repo id: {error}") from error
+    return repo_id
+
+
+def check_perplexity(value: Any, source: str = "perplexity") -> float:
+    """`value` as a float when it can be a perplexity: a finite number >= 1 (exp of a mean negative log-likelihood,
+    which is >= 0). `ValueError` naming `source` and the value otherwise: nan, inf or 0.5 in a card is a wrong claim.
+    `hf-scratch-gpt card --perplexity` applies the same rule when it parses the flag."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+        raise ValueError(f"{source} {value!r} is not a perplexity: expected a finite number >= 1")
+    return float(value)
 
 
 def render_model_card(
@@ -86,6 +117,13 @@ def render_model_card(
         raise ValueError("license is required (e.g. 'apache-2.0', 'mit'; see hf.co/docs/hub/repositories-licenses)")
     if perplexity is not None and not eval_dataset:
         raise ValueError("perplexity needs eval_dataset: the Hub id (or name) of the data it was measured on")
+    check_repo_id(repo_id)
+    if base_model is not None:
+        check_repo_id(base_model, "base_model")
+    for dataset in datasets or []:
+        check_repo_id(dataset, "dataset")
+    if perplexity is not None:
+        perplexity = check_perplexity(perplexity)
     template = Path(templates_dir or MODEL_CARDS_DIR) / CARD_TEMPLATES[kind]
     if not template.is_file():
         raise FileNotFoundError(f"model card template {template} not found (pass templates_dir= to use another folder)")
@@ -101,7 +139,7 @@ def render_model_card(
                 dataset_split=eval_split,
                 metric_type="perplexity",
                 metric_name="Perplexity",
-                metric_value=float(perplexity),
+                metric_value=perplexity,
             )
         ]
     model_name = repo_id.rstrip("/").split("/")[-1]
@@ -165,13 +203,12 @@ def card_fields_from_metrics(model_dir: str | os.PathLike) -> dict[str, Any]:
     reproduces), a `train` folder its `eval_perplexity`.
     """
     path = Path(model_dir) / METRICS_FILE
-    if not path.is_file():
+    metrics = read_json_object(model_dir, METRICS_FILE)
+    if metrics is None:
         return {}
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    source = metrics.get("dataset") or metrics.get("arguments", {}).get("dataset")
+    arguments = _metrics_value(metrics, "arguments", "a JSON object", path) or {}
+    source = _metrics_value(metrics, "dataset", "a string", path)
+    source = source or _metrics_value(arguments, "dataset", "a string", path, "arguments.")
     if not source:
         return {}
     if source in LOCAL_DATASETS:
@@ -181,11 +218,16 @@ def card_fields_from_metrics(model_dir: str | os.PathLike) -> dict[str, Any]:
         fields = {"training_data": f"Trained on the local file `{name}` (not published).", "eval_dataset": name}
     else:
         fields = {"datasets": [source], "eval_dataset": source}
-    per_document = metrics.get("demo", {}).get("validation_per_document")
+    demo = _metrics_value(metrics, "demo", "a JSON object", path) or {}
+    per_document = _metrics_value(demo, "validation_per_document", "a JSON object", path, "demo.")
     if per_document:
-        perplexity, protocol = per_document["perplexity"], per_document.get("protocol")
+        where = "demo.validation_per_document."
+        perplexity = _metrics_value(per_document, "perplexity", "a number", path, where)
+        protocol = _metrics_value(per_document, "protocol", "a string", path, where)
+        perplexity = check_perplexity(perplexity, f"{path}: {where}perplexity")
     elif "eval_perplexity" in metrics:
-        perplexity, protocol = metrics["eval_perplexity"], metrics.get("eval_protocol")
+        perplexity = check_perplexity(metrics["eval_perplexity"], f"{path}: eval_perplexity")
+        protocol = _metrics_value(metrics, "eval_protocol", "a string", path)
     else:
         return fields
     fields.update(
@@ -197,13 +239,40 @@ def card_fields_from_metrics(model_dir: str | os.PathLike) -> dict[str, Any]:
     return fields
 
 
+# The JSON kinds metrics.json fields must have, as the Python types json.loads gives them.
+JSON_KINDS = {"a JSON object": dict, "a string": str, "a number": (int, float)}
+
+
+def _metrics_value(mapping: dict, key: str, kind: str, path: Path, where: str = ""):
+    """`mapping[key]` (None when absent or null); `ValueError` naming the file and key unless it is `kind` (a key of
+    `JSON_KINDS`): a metrics.json of another shape would otherwise end in an AttributeError or a wrong card."""
+    value = mapping.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, JSON_KINDS[kind])):
+        raise ValueError(f"{path}: {where}{key} must be {kind}, got {value!r}")
+    return value
+
+
 def write_model_card(model_dir: str | os.PathLike, kind: str, **card_fields: Any) -> Path:
     """Render a card for the saved model in `model_dir` (sizes read from it) and write it as `README.md`.
 
     Fields left out (or None) default to what the folder's `metrics.json` records (`card_fields_from_metrics`):
     the training data, and the measured perplexity with its data and protocol. Given fields override them; giving
     `datasets` replaces the recorded training data, giving `perplexity` the whole recorded measurement.
+
+    The card is written to a temporary file in the folder, then moved over `README.md` (`os.replace`): an
+    interrupted write leaves the old card, and a link at `README.md` is replaced, never written through. A
+    `README.md` that is already a link is refused (`ValueError` naming where it points), so that replacing it
+    stays the user's decision: remove the link, and run again.
     """
+    model_dir = existing_folder(model_dir)
+    path = file_in_folder(model_dir, CARD_NAME)
+    if path.is_symlink():
+        raise ValueError(
+            f"{path} is a link to {os.readlink(path)}; the model card is not written through a link (it could "
+            f"overwrite a file elsewhere): remove the link (or replace it with a copy) and write the card again"
+        )
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; the model card is written as a file of that name")
     given = {key: value for key, value in card_fields.items() if value is not None}
     defaults = card_fields_from_metrics(model_dir)
     if "datasets" in given:
@@ -214,10 +283,28 @@ def write_model_card(model_dir: str | os.PathLike, kind: str, **card_fields: Any
         logger.info("model card fields from %s: %s", Path(model_dir) / METRICS_FILE, sorted(defaults))
     card = render_model_card(kind, **{**model_facts(model_dir), **defaults, **given})
     validate_model_card(card, kind=kind)
-    path = Path(model_dir) / CARD_NAME
-    card.save(path)
+    _replace_file(path, str(card))
     logger.info("wrote model card %s", path)
     return path
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to a new file next to `path`, then move it over `path`: a link at `path` is replaced, not
+    followed, and a crash leaves the old file."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as error:  # e.g. a command-line value that was not UTF-8 (surrogate-escaped)
+        raise ValueError(f"the text for {path} is not valid Unicode ({error}); give UTF-8 text") from error
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # O_EXCL: never opens an existing file (or a link someone placed there); mode 0o666 is narrowed by the umask.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def validate_model_card(card: ModelCard | str | os.PathLike, kind: str | None = None) -> ModelCardData:
@@ -234,7 +321,7 @@ def validate_model_card(card: ModelCard | str | os.PathLike, kind: str | None = 
         path = Path(card)
         if not path.is_file():
             raise FileNotFoundError(f"model card {path} not found")
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)
     try:
         data = ModelCard(text).data
     except ValueError as error:
@@ -266,18 +353,24 @@ def plan_upload(model_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
     """(files to upload, files left out) of a saved folder, after checking it is complete and loadable.
 
     Uploaded: config, generation config, safetensors weights (with their index when sharded), the two code files,
-    the tokenizer files, the card. Left out: anything else (pickles, optimizer states, checkpoints, logs).
+    the tokenizer files, the card. Left out: anything else (pickles, optimizer states, checkpoints, logs). A file
+    that would be uploaded but is a link out of the folder is refused, by name (`folder_file`): it is neither sent
+    nor silently left out.
     """
-    model_dir = Path(model_dir)
-    check_model_folder(model_dir)  # config + weights readable, names and shapes match
-    config = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
-    if "AutoModelForCausalLM" not in config.get("auto_map", {}):
+    model_dir = existing_folder(model_dir)
+    check_model_folder(model_dir)  # config + weights readable, inside the folder, names and shapes match
+    weights = [path.name for path in check_weight_files(model_dir)]
+    candidates = [*REQUIRED_FILES, *OPTIONAL_FILES, *TOKENIZER_FILES, "model.safetensors.index.json"]
+    present = {name for name in candidates if folder_file(model_dir, name) is not None}
+    config = read_json_object(model_dir, CONFIG_NAME)
+    auto_map = config.get("auto_map")
+    if not isinstance(auto_map, dict) or "AutoModelForCausalLM" not in auto_map:
         raise ValueError(
             f"{model_dir / CONFIG_NAME} has no auto_map for AutoModelForCausalLM: the model would not load with "
             f"trust_remote_code where hf_scratch_gpt is not installed; re-save it with save_pretrained after "
             f"`import hf_scratch_gpt`"
         )
-    missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
+    missing = [name for name in REQUIRED_FILES if name not in present]
     if CARD_NAME in missing:
         raise FileNotFoundError(
             f"{model_dir / CARD_NAME} not found: write a model card first (hf_scratch_gpt.hub.write_model_card or "
@@ -285,18 +378,14 @@ def plan_upload(model_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
         )
     if missing:
         raise FileNotFoundError(f"{model_dir} lacks {missing}; save the model with save_pretrained after `import hf_scratch_gpt`")
-    if not any(all((model_dir / name).is_file() for name in names) for names in TOKENIZER_FILE_SETS):
+    tokenizer_files = check_tokenizer_files(model_dir)  # each one readable and well formed
+    if not any(all(name in tokenizer_files for name in names) for names in TOKENIZER_FILE_SETS):
         raise FileNotFoundError(
             f"{model_dir} has no tokenizer (expected tokenizer.json, or vocab.json + merges.txt): save it with "
             f"tokenizer.save_pretrained({str(model_dir)!r})"
         )
     validate_model_card(model_dir / CARD_NAME)
-
-    weights = [path.name for path in check_weight_files(model_dir)]
-    if (model_dir / "model.safetensors.index.json").is_file():
-        weights.append("model.safetensors.index.json")
-    candidates = [*REQUIRED_FILES, *OPTIONAL_FILES, *TOKENIZER_FILES, *weights]
-    files = sorted({name for name in candidates if (model_dir / name).is_file()})
+    files = sorted(present | set(weights))
     skipped = sorted(
         str(path.relative_to(model_dir)) for path in model_dir.rglob("*") if path.is_file()
         and str(path.relative_to(model_dir)) not in files
@@ -315,6 +404,7 @@ def push_to_hub(
 ) -> PushPlan:
     """Upload a saved model folder to the Hub repo `repo_id` in one commit (creating the repo, and the branch
     `revision` when given). With `dry_run=True` nothing is sent: the returned plan lists what would be uploaded."""
+    check_repo_id(repo_id)
     model_dir = Path(model_dir)
     files, skipped = plan_upload(model_dir)
     plan = PushPlan(repo_id=repo_id, private=private, revision=revision, model_dir=model_dir, files=files, skipped=skipped)
@@ -343,6 +433,8 @@ __all__ = [
     "MODEL_CARDS_DIR",
     "PushPlan",
     "card_fields_from_metrics",
+    "check_perplexity",
+    "check_repo_id",
     "model_facts",
     "plan_upload",
     "push_to_hub",

@@ -100,3 +100,33 @@ def test_no_metrics_no_defaults_and_a_broken_file_is_named(tmp_path):
     (tmp_path / "metrics.json").write_text("{not json")
     with pytest.raises(ValueError, match="metrics.json is not valid JSON"):
         card_fields_from_metrics(tmp_path)
+
+
+# Issue 27: a metrics.json of another shape is named with the key at fault (it ended in AttributeError/TypeError).
+WRONG_SHAPES = {
+    "a list": ([], r"metrics\.json must hold a JSON object, got list"),
+    "a string": ("x", r"metrics\.json must hold a JSON object, got str"),
+    "dataset a number": ({"dataset": 3}, r"metrics\.json: dataset must be a string, got 3"),
+    "arguments a list": ({"arguments": []}, r"metrics\.json: arguments must be a JSON object, got \[\]"),
+    "arguments.dataset a list": ({"arguments": {"dataset": ["x"]}}, r"metrics\.json: arguments\.dataset must be a"),
+    "demo a list": ({"dataset": "pydoc", "demo": []}, r"metrics\.json: demo must be a JSON object"),
+    "per-document perplexity missing": (
+        {"dataset": "pydoc", "demo": {"validation_per_document": {"protocol": "p"}}},
+        r"metrics\.json: demo\.validation_per_document\.perplexity None is not a perplexity",
+    ),
+    "eval_perplexity a string": ({"dataset": "pydoc", "eval_perplexity": "x"}, r"eval_perplexity 'x' is not a"),
+    "eval_perplexity nan": ({"dataset": "pydoc", "eval_perplexity": float("nan")}, r"eval_perplexity nan is not a"),
+    "eval_protocol a number": ({"dataset": "pydoc", "eval_perplexity": 9.0, "eval_protocol": 1}, r"eval_protocol must"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_SHAPES))
+def test_metrics_of_the_wrong_shape_are_named(folder_with_metrics, capsys, case):
+    metrics, message = WRONG_SHAPES[case]
+    folder = folder_with_metrics(metrics)
+    with pytest.raises(ValueError, match=message):
+        card_fields_from_metrics(folder)
+    assert main(["card", str(folder), "--repo-id", "you/my-gpt", "--license", "mit"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hf-scratch-gpt: error: ") and "metrics.json" in err
+    assert not (folder / "README.md").exists()

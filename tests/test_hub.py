@@ -113,6 +113,60 @@ def test_render_model_card_rejects_incomplete_metadata(change, message):
         render_model_card("trained_from_scratch", **{**CARD_FIELDS, **change})
 
 
+# Issue 27: a card never claims an impossible perplexity or names an id the Hub cannot have.
+NOT_PERPLEXITIES = ["nan", "inf", "-inf", "-5", "0", "0.5", "abc"]
+BAD_REPO_IDS = ["a/b/c", "-bad", "x..y", "", "a b", "me/tiny.git"]
+
+
+@pytest.mark.parametrize("text", NOT_PERPLEXITIES)
+def test_card_refuses_a_value_that_cannot_be_a_perplexity(text, saved_folder, capsys):
+    from hf_scratch_gpt.cli import main
+
+    value = float(text) if text != "abc" else text
+    with pytest.raises(ValueError, match=r"perplexity .* is not a perplexity: expected a finite number >= 1"):
+        render_model_card("trained_from_scratch", **{**CARD_FIELDS, "perplexity": value})
+    before = (saved_folder[0] / "README.md").read_text()
+    with pytest.raises(SystemExit) as exit_info:  # the CLI applies the same rule while parsing the flag
+        main(["card", str(saved_folder[0]), "--repo-id", "me/x", "--license", "mit", f"--perplexity={text}",
+              "--eval-dataset", "wikitext"])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"argument --perplexity: expected a finite number >= 1 (a perplexity), got {text!r}" in err
+    assert (saved_folder[0] / "README.md").read_text() == before
+
+
+def test_perplexity_one_and_above_is_accepted():
+    for value in (1, 1.0, 12.5):
+        card = render_model_card("trained_from_scratch", **{**CARD_FIELDS, "perplexity": value})
+        assert card.data.eval_results[0].metric_value == float(value)
+
+
+@pytest.mark.parametrize("repo_id", BAD_REPO_IDS)
+def test_card_and_push_refuse_an_invalid_repo_id(repo_id, folder_copy, monkeypatch, capsys):
+    from hf_scratch_gpt.cli import main
+
+    hub = FakeHub(monkeypatch)
+    message = rf"repo_id {re.escape(repr(repo_id))} is not a valid Hub repo id"
+    with pytest.raises(ValueError, match=message):
+        write_model_card(folder_copy, "trained_from_scratch", **{**CARD_FIELDS, "repo_id": repo_id})
+    with pytest.raises(ValueError, match=message):
+        push_to_hub(folder_copy, repo_id, dry_run=True)
+    assert main(["card", str(folder_copy), f"--repo-id={repo_id}", "--license", "mit"]) == 1
+    assert main(["push", str(folder_copy), "--dry-run", "--", repo_id]) == 1  # `--`: "-bad" is no option
+    captured = capsys.readouterr()
+    assert captured.out == "" and hub.calls == []
+    lines = captured.err.splitlines()
+    assert len(lines) == 2 and all(f"repo_id {repo_id!r} is not a valid Hub repo id" in line for line in lines)
+
+
+@pytest.mark.parametrize("field", ["base_model", "datasets"])
+def test_card_refuses_an_invalid_base_model_or_dataset_id(field):
+    value = "a/b/c" if field == "base_model" else ["wikitext", "a/b/c"]
+    with pytest.raises(ValueError, match=r"(base_model|dataset) 'a/b/c' is not a valid Hub repo id"):
+        render_model_card("fine_tuned", **{**CARD_FIELDS, "base_model": "gpt2", field: value})
+
+
 def test_unknown_card_kind():
     with pytest.raises(ValueError, match="unknown model card kind 'blog_post'"):
         render_model_card("blog_post", **CARD_FIELDS)
@@ -125,11 +179,20 @@ def test_validate_model_card_catches_missing_tags_and_bad_model_index():
         validate_model_card(ModelCard("---\nlicense: mit\nmodel-index:\n- name: x\n  results:\n  - bad: 1\n---\n"))
 
 
+def _snippet_loading(card, folder):
+    """The card's usage snippet with its repo id (a Hub id: the card refuses anything else) replaced by a local
+    folder, so that it runs offline."""
+    (snippet,) = re.findall(r"```python\n(.*?)```", str(card), flags=re.S)
+    quoted = f'"{CARD_FIELDS["repo_id"]}"'
+    assert snippet.count(quoted) == 2, snippet  # the model and the tokenizer
+    return snippet.replace(quoted, repr(str(folder)))
+
+
 def test_card_usage_snippet_runs(saved_folder, capsys):
     folder, model, tokenizer = saved_folder
-    card = render_model_card("trained_from_scratch", **{**CARD_FIELDS, "repo_id": str(folder)}, n_layer=2,
-                             n_head=4, n_embd=64, n_positions=128, vocab_size=300, parameters="1")
-    (snippet,) = re.findall(r"```python\n(.*?)```", str(card), flags=re.S)
+    card = render_model_card("trained_from_scratch", **CARD_FIELDS, n_layer=2, n_head=4, n_embd=64, n_positions=128,
+                             vocab_size=300, parameters="1")
+    snippet = _snippet_loading(card, folder)
     exec(compile(snippet, "model-card-snippet", "exec"), {})
     (expected,) = generate_text(model, tokenizer, "Once upon a time", build_generation_config(model, max_new_tokens=40))
     assert capsys.readouterr().out == expected.text + "\n"
@@ -295,9 +358,9 @@ def test_trust_remote_code_without_the_package(saved_folder, tmp_path):
     folder.mkdir()
     for name in plan_upload(source)[0]:
         shutil.copy(source / name, folder / name)
-    card = render_model_card("trained_from_scratch", **{**CARD_FIELDS, "repo_id": str(folder)}, n_layer=2,
-                             n_head=4, n_embd=64, n_positions=128, vocab_size=300, parameters="1")
-    (snippet,) = re.findall(r"```python\n(.*?)```", str(card), flags=re.S)
+    card = render_model_card("trained_from_scratch", **CARD_FIELDS, n_layer=2, n_head=4, n_embd=64, n_positions=128,
+                             vocab_size=300, parameters="1")
+    snippet = _snippet_loading(card, folder)
     prompt = "Hello world"
     script = (
         f"REPO_ROOT = {str(REPO_ROOT)!r}\nFOLDER = {str(folder)!r}\nPROMPT = {prompt!r}\nSNIPPET = {snippet!r}\n"

@@ -152,3 +152,128 @@ def test_model_class_hooks_keep_a_good_folder_exact(saved_folder):
     for key, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], tensor, rtol=0, atol=0, msg=key)
     assert isinstance(loaded.config, ScratchGPTConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# no link out of the folder is followed: not for reading, writing or uploading (issue 27)
+# ---------------------------------------------------------------------------------------------------------------------
+PRECIOUS = "a file outside the model folder\n"
+
+
+def _link_out(folder, name, outside):
+    """Replace `folder/name` by a link to `outside` (which gets the file's content, or PRECIOUS when there is none)."""
+    target = folder / name
+    if target.exists():
+        shutil.move(target, outside)
+    else:
+        outside.write_text(PRECIOUS)
+    target.symlink_to(outside)
+    return outside
+
+
+def _card(folder):
+    from hf_scratch_gpt.hub import write_model_card
+
+    return write_model_card(folder, "trained_from_scratch", repo_id="me/tiny", license="mit")
+
+
+def test_card_is_never_written_through_a_link_out(model_folder, tmp_path, capsys):
+    from hf_scratch_gpt.cli import main
+
+    outside = _link_out(model_folder, "README.md", tmp_path / "outside.md")
+    with pytest.raises(ValueError, match=r"README\.md resolves to .*outside\.md, outside the model folder"):
+        _card(model_folder)
+    assert main(["card", str(model_folder), "--repo-id", "me/tiny", "--license", "mit"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "README.md resolves to" in err and "outside the model folder" in err
+    assert outside.read_text() == PRECIOUS
+
+
+def test_card_refuses_a_link_inside_the_folder_and_replaces_a_plain_file(model_folder):
+    """A link that stays inside is not followed either: writing through it would change the file it names, and
+    replacing the link is the user's decision (remove it). A plain README.md is replaced whole, leaving no temp file."""
+    (model_folder / "notes.md").write_text(PRECIOUS)
+    (model_folder / "README.md").symlink_to("notes.md")
+    with pytest.raises(ValueError, match=r"README\.md is a link to notes\.md; the model card is not written through"):
+        _card(model_folder)
+    assert (model_folder / "notes.md").read_text() == PRECIOUS
+    (model_folder / "README.md").unlink()
+    (model_folder / "README.md").write_text("an old card\n")
+    _card(model_folder)
+    assert (model_folder / "README.md").read_text().startswith("---\n")
+    assert not (model_folder / "README.md").is_symlink()
+    assert sorted(path.name for path in model_folder.iterdir() if path.name.startswith(".")) == []
+
+
+def test_push_refuses_a_file_linked_from_outside_by_name(model_folder, tmp_path, capsys):
+    from hf_scratch_gpt.cli import main
+    from hf_scratch_gpt.hub import plan_upload
+
+    _card(model_folder)
+    _link_out(model_folder, "merges.txt", tmp_path / "outside-merges.txt")
+    with pytest.raises(ValueError, match=r"merges\.txt resolves to .*outside-merges\.txt, outside the model folder"):
+        plan_upload(model_folder)
+    assert main(["push", str(model_folder), "me/tiny", "--dry-run"]) == 1
+    captured = capsys.readouterr()
+    assert "merges.txt" not in captured.out  # no plan printed
+    assert captured.err.count("\n") == 1 and "merges.txt resolves to" in captured.err
+
+
+@pytest.mark.parametrize("name", ["config.json", "generation_config.json"])
+def test_model_files_linked_from_outside_are_refused_before_they_are_read(model_folder, tmp_path, name):
+    outside = _link_out(model_folder, name, tmp_path / f"outside-{name}")
+    message = rf"{name} resolves to .*outside-{name}, outside the model folder"
+    # AutoModelForCausalLM reads config.json (AutoConfig) before any of the package's code runs; the load is refused.
+    with pytest.raises(ValueError, match=message):
+        AutoModelForCausalLM.from_pretrained(model_folder)
+    outside.write_text("{not json")  # an error about the content would mean the file was read
+    for load in (lambda: load_model(model_folder), lambda: ScratchGPTForCausalLM.from_pretrained(model_folder)):
+        with pytest.raises(ValueError, match=message):
+            load()
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"])
+def test_tokenizer_files_linked_from_outside_are_refused(model_folder, tmp_path, name):
+    _link_out(model_folder, name, tmp_path / f"outside-{name}")
+    message = rf"{name} resolves to .*outside-{name}, outside the model folder"
+    with pytest.raises(ValueError, match=message):
+        load_tokenizer(model_folder)
+    with pytest.raises(ValueError, match=message):
+        build_tokenizer(ModelArguments(model_name_or_path=str(model_folder)), None)
+    with pytest.raises(ValueError, match=message):
+        evaluate_model(str(model_folder), text_file=str(tmp_path / f"outside-{name}"))
+
+
+def _hub_cache_snapshot(folder, cache, repo="models--me--tiny"):
+    """The Hub cache's layout of `folder`: snapshots/<rev>/<name> -> ../../blobs/<sha>, as snapshot_download makes."""
+    import hashlib
+
+    blobs, snapshot = cache / repo / "blobs", cache / repo / "snapshots" / ("0" * 40)
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for path in folder.iterdir():
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        shutil.copyfile(path, blobs / sha)
+        (snapshot / path.name).symlink_to(f"../../blobs/{sha}")
+    return snapshot
+
+
+def test_hub_cache_layout_still_loads(saved_folder, tmp_path):
+    folder, model = saved_folder
+    snapshot = _hub_cache_snapshot(folder, tmp_path / "hub")
+    assert all(path.is_symlink() for path in snapshot.iterdir())
+    for loaded in (load_model(snapshot), AutoModelForCausalLM.from_pretrained(snapshot)):
+        for key, tensor in model.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[key], tensor, rtol=0, atol=0, msg=key)
+    expected = AutoTokenizer.from_pretrained(folder)("Hello world").input_ids
+    assert load_tokenizer(snapshot)("Hello world").input_ids == expected
+
+
+def test_hub_cache_link_into_another_repository_is_refused(saved_folder, tmp_path):
+    folder, _ = saved_folder
+    snapshot = _hub_cache_snapshot(folder, tmp_path / "hub")
+    other = _hub_cache_snapshot(folder, tmp_path / "hub", repo="models--someone--else")
+    (snapshot / "tokenizer.json").unlink()
+    (snapshot / "tokenizer.json").symlink_to((other / "tokenizer.json").resolve())
+    with pytest.raises(ValueError, match=r"tokenizer\.json resolves to .*models--someone--else.*outside the model"):
+        load_tokenizer(snapshot)
