@@ -81,8 +81,6 @@ def build_generation_config(
         raise ValueError(f"top_k must be >= 0 (0 = no cut), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if num_beams < 1:
-        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if repetition_penalty is not None and not repetition_penalty > 0:
         raise ValueError(f"repetition_penalty must be > 0 (1.0 = none), got {repetition_penalty}")
     sampling_options_given = any(value is not None for value in (temperature, top_k, top_p))
@@ -107,8 +105,23 @@ def build_generation_config(
         # GPT-2 has no padding token; padded positions are masked out, so reusing eos changes no number.
         eos = config.eos_token_id
         config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+    check_generation_config(config)
     config.validate(strict=True)
     return config
+
+
+def check_generation_config(config: GenerationConfig) -> None:
+    """Refuse what transformers' own `validate` lets through and `generate` then fails on or quietly ignores:
+    `num_beams` below 1 (a ZeroDivisionError inside beam bookkeeping), and a minimum length above the maximum
+    (generation stops at the maximum, so the minimum silently does not hold). Values may come from the model's
+    generation_config.json as well as from the caller. None is "unset" (transformers' default applies)."""
+    num_beams = config.num_beams
+    if num_beams is not None and (isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1):
+        raise ValueError(f"num_beams must be an integer >= 1 (1: no beam search), got {num_beams!r}")
+    for low, high in (("min_new_tokens", "max_new_tokens"), ("min_length", "max_length")):
+        minimum, maximum = getattr(config, low), getattr(config, high)
+        if minimum is not None and maximum is not None and minimum > maximum:
+            raise ValueError(f"{low} {minimum} > {high} {maximum}: the minimum cannot exceed the maximum")
 
 
 def prepare_tokenizer_for_batches(tokenizer):
@@ -153,19 +166,15 @@ def generate_text(
         raise ValueError("show_probs needs one sequence per prompt; it is not defined for beam search (num_beams > 1)")
     if streamer is not None and len(prompt_list) > 1:
         raise ValueError(f"streaming needs a single prompt, got {len(prompt_list)}")
+    for index, prompt in enumerate(prompt_list):
+        _check_prompt_text(prompt, "the prompt" if len(prompt_list) == 1 else f"prompt {index}")
+    check_generation_config(generation_config)
 
     prepare_tokenizer_for_batches(tokenizer)
     encoded = tokenizer(prompt_list, return_tensors="pt", padding=True).to(model.device)
     if encoded["input_ids"].size(1) == 0:
         raise ValueError("the prompt encodes to no tokens; give at least one character of text")
-    longest = encoded["input_ids"].size(1) + (generation_config.max_new_tokens or 0)
-    n_positions = getattr(model.config, "n_positions", None)
-    if n_positions is not None and longest > n_positions:
-        # Checked up front: the model would otherwise stop with the same error midway through generation.
-        raise ValueError(
-            f"prompt length {encoded['input_ids'].size(1)} + max_new_tokens {generation_config.max_new_tokens} = "
-            f"{longest} exceeds the model's n_positions {n_positions}"
-        )
+    _check_length(encoded["input_ids"].size(1), generation_config, model)
     if seed is not None:
         torch.manual_seed(seed)
     # A copy, so the caller's config is not changed; raw logits are only kept when they will be shown.
@@ -193,6 +202,44 @@ def generate_text(
             )
         )
     return results
+
+
+def _check_prompt_text(prompt: object, which: str) -> None:
+    """A prompt must be a str that is valid Unicode: a lone surrogate (what Python makes of bytes that are not UTF-8
+    on a command line, `surrogateescape`) would otherwise fail inside the tokenizer with a TypeError."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"{which} must be a string, got {type(prompt).__name__}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = prompt[error.start : error.end]
+        try:
+            shown = "the byte(s) " + bad.encode("utf-8", "surrogateescape").hex(" ") + " (not UTF-8)"
+        except UnicodeEncodeError:
+            shown = f"the lone surrogate {bad!r}"
+        raise ValueError(f"{which} holds {shown} at character {error.start}; give UTF-8 text") from None
+
+
+def _check_length(prompt_length: int, generation_config: GenerationConfig, model: PreTrainedModel) -> None:
+    """Refuse, before generating, a run that would go past the position table: the model would otherwise stop
+    midway with an error about position_ids. Without max_new_tokens, `generate` runs to max_length tokens in all
+    (the given config's, else the model's generation config's)."""
+    n_positions = getattr(model.config, "n_positions", None)
+    if n_positions is None:
+        return
+    max_length = generation_config.max_length
+    if max_length is None:
+        max_length = getattr(model.generation_config, "max_length", None)
+    if generation_config.max_new_tokens is not None:
+        longest = prompt_length + generation_config.max_new_tokens
+        how = f"prompt length {prompt_length} + max_new_tokens {generation_config.max_new_tokens} = {longest}"
+    elif max_length is not None:
+        longest = max(prompt_length, max_length)
+        how = f"prompt length {prompt_length} with max_length {max_length} (no max_new_tokens)"
+    else:
+        longest, how = prompt_length, f"prompt length {prompt_length}"
+    if longest > n_positions:
+        raise ValueError(f"{how} exceeds the model's n_positions {n_positions}")
 
 
 def _strip_after_eos(new_ids: list[int], generation_config: GenerationConfig) -> list[int]:
@@ -237,6 +284,7 @@ __all__ = [
     "GenerationStep",
     "TokenProbability",
     "build_generation_config",
+    "check_generation_config",
     "format_steps",
     "generate_text",
     "prepare_tokenizer_for_batches",

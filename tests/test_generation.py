@@ -193,3 +193,42 @@ def test_generation_longer_than_the_context_is_refused_up_front(saved_folder):
     too_many = model.config.n_positions  # any prompt + n_positions new tokens is too long
     with pytest.raises(ValueError, match=rf"max_new_tokens {too_many} = \d+ exceeds the model's n_positions"):
         generate_text(model, tokenizer, "Hello", build_generation_config(model, max_new_tokens=too_many))
+
+
+# Issue 27: options that transformers' own validation lets through are refused, naming the values.
+def test_num_beams_zero_in_a_given_config_is_refused(saved_folder):
+    from transformers import GenerationConfig
+
+    _, model, tokenizer = saved_folder
+    with pytest.raises(ValueError, match=r"num_beams must be an integer >= 1 .*got 0"):  # was ZeroDivisionError
+        generate_text(model, tokenizer, "Hi", GenerationConfig(num_beams=0, max_new_tokens=3))
+
+
+def test_min_new_tokens_above_max_new_tokens_is_refused(saved_folder):
+    from transformers import GenerationConfig
+
+    _, model, tokenizer = saved_folder
+    with pytest.raises(ValueError, match=r"min_new_tokens 9 > max_new_tokens 3"):
+        build_generation_config(model, max_new_tokens=3, min_new_tokens=9)
+    with pytest.raises(ValueError, match=r"min_new_tokens 9 > max_new_tokens 3"):
+        generate_text(model, tokenizer, "Hi", GenerationConfig(min_new_tokens=9, max_new_tokens=3))
+    assert build_generation_config(model, max_new_tokens=3, min_new_tokens=3).min_new_tokens == 3
+
+
+def test_max_length_past_n_positions_names_the_lengths(saved_folder):
+    from transformers import GenerationConfig
+
+    _, model, tokenizer = saved_folder
+    n = model.config.n_positions
+    config = GenerationConfig(max_length=n + 10, eos_token_id=None)  # no max_new_tokens: generate runs to max_length
+    with pytest.raises(ValueError, match=rf"prompt length 2 with max_length {n + 10} .*exceeds .* n_positions {n}"):
+        generate_text(model, tokenizer, "Hi", config)
+
+
+def test_prompt_that_is_not_utf8_is_refused_naming_the_byte(saved_folder):
+    _, model, tokenizer = saved_folder
+    prompt = b"caf\xe9".decode("utf-8", "surrogateescape")  # what Python makes of a Latin-1 command-line argument
+    with pytest.raises(ValueError, match=r"the prompt holds the byte\(s\) e9 \(not UTF-8\) at character 3"):
+        generate_text(model, tokenizer, prompt, build_generation_config(model, max_new_tokens=2))
+    with pytest.raises(ValueError, match=r"prompt 1 holds the lone surrogate '\\ud800' at character 0"):
+        generate_text(model, tokenizer, ["ok", "\ud800"], build_generation_config(model, max_new_tokens=2))
