@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -29,14 +30,21 @@ DEBUG_ENVIRONMENT_VARIABLE = "HF_SCRATCH_GPT_DEBUG"
 # Errors that a user's input or environment causes; their messages name the file, value or flag, so the CLI prints
 # the message alone. ValueError includes json.JSONDecodeError, UnicodeDecodeError and pyarrow's ArrowInvalid;
 # OSError includes FileNotFoundError, the downloader's DownloadError and huggingface_hub's HTTP errors; ImportError
-# is a missing optional dependency (TensorFlow for convert-openai). Anything else is a bug: it keeps its traceback.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
+# is a missing optional dependency (TensorFlow for convert-openai); MemoryError (and the allocation failures below) a
+# size asked for that this machine cannot hold. Anything else is a bug: it keeps its traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError, MemoryError)
 # Library errors of the same kind, as (module, class) so that checking for them imports nothing: an error can only
 # be of a class whose module is already loaded.
 EXPECTED_LIBRARY_ERRORS = (
     ("datasets.exceptions", "DatasetsError"),  # e.g. DatasetGenerationError for a bad .jsonl line
     ("safetensors", "SafetensorError"),
     ("hf_scratch_gpt.training.components", "NonFiniteLossError"),
+    ("torch", "OutOfMemoryError"),  # an accelerator's allocation failure; its message gives the size
+)
+# torch's CPU allocator reports a failed allocation as a plain RuntimeError, recognised by its message (the one
+# RuntimeError taken as expected: a model or batch too large for this machine, not a bug).
+CPU_ALLOCATION_FAILURE = re.compile(
+    r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory): you tried to allocate (\d+) bytes"
 )
 # Errors whose own message only says that something failed ("An error occurred while generating the dataset"); the
 # one line adds their cause, which says what (e.g. "JSON parse error: ... in row 1").
@@ -169,7 +177,8 @@ def _add_convert_openai(subparsers) -> None:
     parser.add_argument("ckpt_dir")
     parser.add_argument("out_dir")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    parser.add_argument("--max-shard-size", default="5GB", help="e.g. 2GB, 500MB; larger outputs are sharded")
+    parser.add_argument("--max-shard-size", default="5GB",
+                        help="bytes, or a size with a unit: 2GB, 500MB, 2GiB; larger outputs are sharded")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     parser.add_argument("--no-verify", action="store_true", help="skip the logits check against the reference")
     parser.set_defaults(handler=_convert_openai)
@@ -434,9 +443,31 @@ def _loaded_classes(names: Sequence[tuple[str, str]]) -> tuple[type[BaseExceptio
     )
 
 
+def _cpu_allocation_bytes(error: BaseException) -> int | None:
+    """The size torch's CPU allocator failed to allocate, when `error` is that failure; None otherwise."""
+    match = CPU_ALLOCATION_FAILURE.search(str(error)) if isinstance(error, RuntimeError) else None
+    return int(match.group(1)) if match else None
+
+
+def is_expected_error(error: BaseException) -> bool:
+    """An error of the user's input or environment (printed as one line), as opposed to a bug (a traceback)."""
+    expected = EXPECTED_ERRORS + _loaded_classes(EXPECTED_LIBRARY_ERRORS)
+    return isinstance(error, expected) or _cpu_allocation_bytes(error) is not None
+
+
 def describe_error(error: BaseException) -> str:
-    """The error's message on one line (with its cause for a wrapping error, its class for a missing module)."""
+    """The error's message on one line (with its cause for a wrapping error, its class for a missing module, the
+    size for a failed allocation)."""
     message = str(error) or type(error).__name__
+    size = _cpu_allocation_bytes(error)
+    if size is not None:
+        message = (
+            f"not enough memory: tried to allocate {size:,} bytes ({size / 2**30:,.1f} GiB) at once; choose a smaller "
+            f"model (n_embd, n_layer, vocab_size), batch or dtype"
+        )
+    elif isinstance(error, MemoryError):
+        detail = f": {error}" if str(error) else ""
+        message = f"not enough memory (MemoryError{detail}); choose a smaller model, batch or dtype"
     cause = error.__cause__ or error.__context__
     if isinstance(error, _loaded_classes(WRAPPING_LIBRARY_ERRORS)) and cause is not None:
         message = f"{message}: {cause}"
@@ -465,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        if _debug_requested(args) or not isinstance(error, EXPECTED_ERRORS + _loaded_classes(EXPECTED_LIBRARY_ERRORS)):
+        if _debug_requested(args) or not is_expected_error(error):
             raise  # a bug (or --debug): the traceback is what is needed
         print(f"{PROG}: error: {describe_error(error)}", file=sys.stderr)
         return 1

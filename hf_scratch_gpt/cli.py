@@ -12,6 +12,7 @@ from hf_scratch_gpt_cli import (  # noqa: F401  (the public names of the command
     PROG,
     build_parser,
     describe_error,
+    is_expected_error,
     main,
 )
 

@@ -143,6 +143,25 @@ class StreamingSafetensorsWriter:
         self._file.close()
 
 
+def parse_shard_size(max_shard_size: int | str) -> int:
+    """`max_shard_size` in bytes: a whole number of bytes (an int, or a string of digits: the converter records an
+    int as such in the card's command line), or transformers' size strings ("5GB", "500MB", "2GiB"; "5Gb" is
+    gigabits). `ValueError` naming the value and the flag otherwise (transformers' own error names neither)."""
+    value = max_shard_size
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    try:
+        size = None if isinstance(value, bool) else convert_file_size_to_int(value)
+    except (ValueError, TypeError, AttributeError):
+        size = None
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(
+            f"max_shard_size (--max-shard-size) {max_shard_size!r} is not a size: expected a whole number of bytes "
+            f">= 1, or one with a unit, e.g. '5GB', '500MB', '2GiB'"
+        )
+    return size
+
+
 def plan_shards(items: list[tuple[str, int]], max_shard_bytes: int) -> list[list[int]]:
     """Greedy, in order: start a new shard when the next tensor would push this one past the limit.
 
@@ -360,9 +379,7 @@ def convert_openai_checkpoint(
     started = time.perf_counter()
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype must be one of {list(OUTPUT_DTYPES)}, got {dtype!r}")
-    max_shard_bytes = convert_file_size_to_int(max_shard_size)
-    if max_shard_bytes < 1:
-        raise ValueError(f"max_shard_size must be positive, got {max_shard_size!r}")
+    max_shard_bytes = parse_shard_size(max_shard_size)
     source, out = Path(ckpt_dir), Path(out_dir)
     # Replacing OUT deletes it: it must neither be, contain nor lie inside the checkpoint being read.
     source_resolved, out_resolved = source.resolve(), out.resolve()
@@ -425,5 +442,6 @@ __all__ = [
     "StreamingSafetensorsWriter",
     "check_replaceable",
     "convert_openai_checkpoint",
+    "parse_shard_size",
     "plan_shards",
 ]
