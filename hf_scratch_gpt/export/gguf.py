@@ -151,6 +151,31 @@ def plan_tensors(model: ScratchGPTForCausalLM, dtype: str) -> list[PlannedTensor
     return planned
 
 
+def check_values(gguf, tensors: list[PlannedTensor], model: ScratchGPTForCausalLM) -> str:
+    """`ValueError` unless every tensor holds its source's values, in the source's layout, up to its type's own
+    rounding: F32 bit for bit, F16 the source rounded to F16, Q8_0 within half a step (max|block|/127) plus the F16
+    rounding of the block's scale. (Without this a wrongly laid out weight would be wrong in the ggml reference too.)"""
+    state = model.state_dict()
+    types = gguf.GGMLQuantizationType
+    for tensor in tensors:
+        source = state[tensor.source].detach().to(torch.float64)
+        values = dequantized(gguf, tensor)
+        if tensor.qtype == types.F32:
+            exact = torch.equal(values, source)
+        elif tensor.qtype == types.F16:
+            exact = torch.equal(values, source.to(torch.float16).to(torch.float64))
+        else:
+            blocks = source.reshape(-1, 32).abs().amax(dim=1, keepdim=True)
+            limit = (blocks / 127 * 0.5 + blocks * 2.0**-11).expand(-1, 32).reshape(source.shape)
+            exact = bool(((values - source).abs() <= limit).all())
+        if not exact:
+            raise ValueError(
+                f"the GGUF tensor {tensor.name} ({tensor.qtype.name}) does not hold {tensor.source}'s values "
+                f"(max |difference| {(values - source).abs().max().item():.4g})"
+            )
+    return "every tensor holds its ScratchGPT tensor's values: F32 bit for bit, F16/Q8_0 within their own rounding"
+
+
 def dequantized(gguf, tensor: PlannedTensor) -> torch.Tensor:
     """The values the file holds for `tensor`, as float64."""
     values = gguf.quants.dequantize(tensor.data, tensor.qtype) if tensor.data.dtype == np.uint8 else tensor.data
@@ -466,7 +491,7 @@ def export_gguf(
     with tempfile.TemporaryDirectory(prefix="gguf-export-") as scratch:
         checked = Path(scratch) / "checked.gguf"
         write_gguf(checked, tensors, values, {})
-        checks = [read_back(checked, tensors, values, {})]
+        checks = [check_values(gguf, tensors, model), read_back(checked, tensors, values, {})]
         if llama_cpp:
             logits, facts = run_llama_cpp(checked, ids, CHECK_TEXT, config.n_positions)
             expected_text_ids = check_text_ids(source.tokenizer, config.vocab_size)

@@ -215,3 +215,23 @@ def test_ggml_gelu_is_the_tanh_gelu_within_f16_rounding():
     assert ((table - exact).abs() <= 2.0**-9 * (x.abs() + 1e-3)).all()
     inside = table[x.abs() < 10]
     assert torch.equal(inside, inside.to(torch.float16).to(torch.float64))  # every table value is an F16
+
+
+@pytest.mark.parametrize("dtype", ["f32", "q8_0"])
+def test_a_weight_in_the_wrong_layout_is_refused(tmp_path, tiny_folder, monkeypatch, dtype):
+    """attn_output is square: written transposed it would load and run; the values check refuses it."""
+    folder, _, _ = tiny_folder
+    real = gguf_export.plan_tensors
+
+    def transposed_attn_output(model, dtype):
+        planned = real(model, dtype)
+        for tensor in planned:
+            if tensor.name == "blk.1.attn_output.weight":
+                weight = model.state_dict()[tensor.source].t().contiguous().numpy()
+                tensor.data, tensor.qtype = gguf_export.encode_tensor(gguf, weight, tensor.qtype)
+        return planned
+
+    monkeypatch.setattr(gguf_export, "plan_tensors", transposed_attn_output)
+    with pytest.raises(ValueError, match="does not hold transformer.h.1.attn.c_proj.weight's values"):
+        export_gguf(folder, tmp_path / "m.gguf", dtype=dtype, llama_cpp=False)
+    assert list(tmp_path.iterdir()) == []
