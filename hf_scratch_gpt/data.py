@@ -598,24 +598,63 @@ def tokenize_prompt_completion(
     prompt_column: str = "prompt",
     completion_column: str = "completion",
 ) -> dict[str, list]:
-    """Batched-map function: `input_ids` = prompt + completion + eos, `prompt_length` = number of prompt tokens.
+    """Batched-map function: `input_ids` = prompt + completion + eos, and `labels` = the same ids with -100 on the
+    prompt, so that only the completion (and its eos) is scored.
 
-    Truncated to `max_length` from the right (the prompt is kept whole when it fits).
+    Both are truncated to `max_length` from the right (the prompt is kept whole when it fits). The prompt mask
+    travels in `labels`, an argument of the model's forward, because `Trainer` (`remove_unused_columns=True`, its
+    default) drops every other column, e.g. a prompt length, before the collator sees it.
     """
     prompts = tokenizer(examples[prompt_column], add_special_tokens=False)["input_ids"]
     completions = tokenizer(examples[completion_column], add_special_tokens=False)["input_ids"]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    input_ids = [(prompt + completion + eos)[:max_length] for prompt, completion in zip(prompts, completions)]
-    return {"input_ids": input_ids, "prompt_length": [min(len(p), max_length) for p in prompts]}
+    input_ids, labels = [], []
+    for prompt, completion in zip(prompts, completions):
+        input_ids.append((prompt + completion + eos)[:max_length])
+        labels.append(([IGNORE_INDEX] * len(prompt) + completion + eos)[:max_length])
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def _has_target(labels_batch: list[list[int]]) -> list[bool]:
+    # labels[0] is never a target: no position predicts the first token
+    return [any(label != IGNORE_INDEX for label in labels[1:]) for labels in labels_batch]
+
+
+def keep_pairs_with_targets(pairs: Dataset, split: str, block_size: int) -> Dataset:
+    """The tokenized prompt/completion pairs that keep at least one target token (a label other than -100 after the
+    first position) within `block_size`; a pair whose prompt fills the block would add nothing but padding to a batch.
+
+    Logs a warning counting the pairs left out; raises `ValueError` when none is left, so a run never trains (or
+    evaluates) on 0 target tokens, where the loss is 0 and the eval perplexity 1 whatever the model does.
+    """
+    kept = pairs.filter(_has_target, batched=True, input_columns="labels", desc=f"Pairs with a target ({split})")
+    if len(kept) == 0:
+        raise ValueError(
+            f"the {split} split has no target token: each of its {len(pairs)} prompt/completion pairs is cut at "
+            f"block_size {block_size} before its completion starts (every label is -100); use a larger block_size "
+            "(up to the model's n_positions) or shorter prompts"
+        )
+    if len(kept) < len(pairs):
+        logger.warning(
+            "%d of %d %s prompt/completion pairs have no completion token within block_size %d (the prompt fills it) "
+            "and are left out", len(pairs) - len(kept), len(pairs), split, block_size,
+        )  # fmt: skip
+    return kept
 
 
 @dataclass
 class CompletionCollator:
     """Pads variable-length examples into a batch for fine-tuning.
 
-    Each feature has `input_ids` and optionally `prompt_length` (tokens at the start that are context, not target).
-    Returns `input_ids` (padded with `pad_token_id`), `attention_mask` (0 on padding) and `labels` = `input_ids`
-    with -100 on padding and on the prompt, so only completion tokens are scored.
+    Each feature has `input_ids` and says which of them are targets, in one of two ways:
+    - `labels` of the same length, -100 where a token is not scored (what `tokenize_prompt_completion` writes), or
+    - `prompt_length`: the number of tokens at the start that are context, not target (0: every token is a target).
+    A feature with neither is refused rather than read as "no prompt": `Trainer` with `remove_unused_columns=True`
+    (its default) drops `prompt_length`, which is not an argument of the model's forward, and the prompt tokens
+    would silently become targets.
+
+    Returns `input_ids` (padded with `pad_token_id`), `attention_mask` (0 on padding) and `labels` (-100 on padding
+    and on the prompt), so only completion tokens are scored.
     """
 
     pad_token_id: int
@@ -643,9 +682,37 @@ class CompletionCollator:
             ids = torch.as_tensor(feature["input_ids"], dtype=torch.long)
             input_ids[row, start : start + length] = ids
             attention_mask[row, start : start + length] = 1
-            prompt_length = int(feature.get("prompt_length", 0))
-            labels[row, start + prompt_length : start + length] = ids[prompt_length:]
+            labels[row, start : start + length] = _example_labels(feature, ids, row)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _example_labels(feature: dict[str, Any], ids: torch.Tensor, row: int) -> torch.Tensor:
+    """One example's labels, from its `labels` or its `prompt_length` (see `CompletionCollator`)."""
+    has_labels, has_prompt_length = "labels" in feature, "prompt_length" in feature
+    if has_labels and has_prompt_length:
+        raise ValueError(f"example {row} has both labels and prompt_length; give one of them")
+    if has_labels:
+        labels = torch.as_tensor(feature["labels"], dtype=torch.long)
+        if labels.shape != ids.shape:
+            raise ValueError(f"example {row} has {len(ids)} input_ids but {labels.numel()} labels; expected one each")
+        return labels
+    if not has_prompt_length:
+        raise ValueError(
+            f"example {row} has neither labels nor prompt_length (its keys: {sorted(feature)}), so its prompt cannot "
+            "be told from its completion; give prompt_length=0 to score every token. A Trainer with "
+            "remove_unused_columns=True drops prompt_length (not an argument of the model's forward): put labels in "
+            "the dataset, as tokenize_prompt_completion does"
+        )
+    prompt_length = feature["prompt_length"]
+    if isinstance(prompt_length, bool) or not isinstance(prompt_length, (int, np.integer)):
+        raise ValueError(f"example {row}: prompt_length must be an integer, got {prompt_length!r}")
+    if not 0 <= prompt_length <= len(ids):
+        raise ValueError(
+            f"example {row}: prompt_length {prompt_length} is outside 0..{len(ids)} (the example's number of tokens)"
+        )
+    labels = ids.clone()
+    labels[:prompt_length] = IGNORE_INDEX
+    return labels
 
 
 __all__ = [
@@ -660,6 +727,7 @@ __all__ = [
     "group_into_blocks",
     "in_validation",
     "iterate_texts",
+    "keep_pairs_with_targets",
     "load_documents",
     "locate_bad_input",
     "pack_blocks",

@@ -102,27 +102,63 @@ def test_collator_pads_and_masks_padding_and_prompt():
     batch = collator([
         {"input_ids": [5, 6, 7, 8], "prompt_length": 2},
         {"input_ids": [9, 10], "prompt_length": 0},
-        {"input_ids": [11, 12, 13]},
+        {"input_ids": [11, 12, 13], "labels": [-100, 12, 13]},
     ])  # fmt: skip
     torch.testing.assert_close(batch["input_ids"], torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0], [11, 12, 13, 0]]))
     torch.testing.assert_close(batch["attention_mask"], torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]]))
     torch.testing.assert_close(
-        batch["labels"], torch.tensor([[-100, -100, 7, 8], [9, 10, -100, -100], [11, 12, 13, -100]])
+        batch["labels"], torch.tensor([[-100, -100, 7, 8], [9, 10, -100, -100], [-100, 12, 13, -100]])
     )
-    left = CompletionCollator(pad_token_id=0, padding_side="left")([{"input_ids": [1, 2, 3], "prompt_length": 1}, {"input_ids": [4]}])
+    left = CompletionCollator(pad_token_id=0, padding_side="left")(
+        [{"input_ids": [1, 2, 3], "prompt_length": 1}, {"input_ids": [4], "labels": [4]}]
+    )
     torch.testing.assert_close(left["labels"], torch.tensor([[-100, 2, 3], [-100, -100, 4]]))
     torch.testing.assert_close(left["attention_mask"], torch.tensor([[1, 1, 1], [0, 0, 1]]))
     with pytest.raises(ValueError, match="empty"):
         collator([])
 
 
+@pytest.mark.parametrize("feature, message", [
+    ({"input_ids": [1, 2, 3]}, r"example 1 has neither labels nor prompt_length .*remove_unused_columns"),
+    ({"input_ids": [1, 2, 3], "labels": [1, 2, 3], "prompt_length": 1}, "example 1 has both labels and prompt_length"),
+    ({"input_ids": [1, 2, 3], "labels": [1, 2]}, "example 1 has 3 input_ids but 2 labels"),
+    ({"input_ids": [1, 2, 3], "prompt_length": 4}, r"example 1: prompt_length 4 is outside 0\.\.3"),
+    ({"input_ids": [1, 2, 3], "prompt_length": -1}, r"example 1: prompt_length -1 is outside 0\.\.3"),
+    ({"input_ids": [1, 2, 3], "prompt_length": 1.5}, "example 1: prompt_length must be an integer, got 1.5"),
+])  # fmt: skip
+def test_collator_refuses_an_example_whose_targets_it_cannot_tell(feature, message):
+    """A missing mask is an error, never "score every token": Trainer drops prompt_length before the collator."""
+    with pytest.raises(ValueError, match=message):
+        CompletionCollator(pad_token_id=0)([{"input_ids": [7, 8], "prompt_length": 1}, feature])
+
+
 def test_prompt_completion_tokenization(bpe):
     out = tokenize_prompt_completion({"prompt": ["Q: list?"], "completion": [" A: a list."]}, bpe, max_length=64)
     prompt_ids = bpe("Q: list?", add_special_tokens=False)["input_ids"]
-    assert out["prompt_length"] == [len(prompt_ids)]
-    assert out["input_ids"][0][: len(prompt_ids)] == prompt_ids
-    assert out["input_ids"][0][-1] == bpe.eos_token_id
+    completion_ids = bpe(" A: a list.", add_special_tokens=False)["input_ids"]
+    assert sorted(out) == ["input_ids", "labels"]  # the mask travels in labels, which Trainer keeps
+    assert out["input_ids"] == [prompt_ids + completion_ids + [bpe.eos_token_id]]
+    assert out["labels"] == [[-100] * len(prompt_ids) + completion_ids + [bpe.eos_token_id]]
     assert bpe.decode(out["input_ids"][0][:-1]) == "Q: list? A: a list."
+    cut = tokenize_prompt_completion({"prompt": ["Q: list?"], "completion": [" A: a list."]}, bpe, max_length=len(prompt_ids) + 1)
+    assert cut["labels"] == [[-100] * len(prompt_ids) + completion_ids[:1]]
+
+
+def test_pairs_without_a_target_token_are_left_out_with_a_count_or_refused(caplog):
+    from datasets import Dataset
+
+    from hf_scratch_gpt.data import keep_pairs_with_targets
+
+    pairs = Dataset.from_dict({
+        "input_ids": [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
+        "labels": [[-100, -100, -100], [-100, 5, 6], [9, -100, -100]],  # the first label is never a target
+    })  # fmt: skip
+    with caplog.at_level("WARNING", logger="hf_scratch_gpt.data"):
+        kept = keep_pairs_with_targets(pairs, "train", block_size=3)
+    assert kept["input_ids"] == [[4, 5, 6]]
+    assert "2 of 3 train prompt/completion pairs have no completion token within block_size 3" in caplog.text
+    with pytest.raises(ValueError, match=r"the validation split has no target token: each of its 2 .*block_size 3"):
+        keep_pairs_with_targets(pairs.select([0, 2]), "validation", block_size=3)
 
 
 def test_trained_tokenizer_saves_and_reloads(bpe, tmp_path):

@@ -162,7 +162,8 @@ def test_lm_collator_derives_labels_with_no_masking():
     torch.testing.assert_close(batch["input_ids"], torch.tensor([[5, 6, 7], [8, 9, 10]]))
     torch.testing.assert_close(batch["labels"], batch["input_ids"])  # packed blocks: no -100 anywhere
     assert batch["labels"].dtype == torch.long and batch["labels"].data_ptr() != batch["input_ids"].data_ptr()
-    padded = CompletionCollator(pad_token_id=0)([{"input_ids": [5, 6, 7]}, {"input_ids": [8]}])
+    padded = CompletionCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "prompt_length": 0},
+                                                 {"input_ids": [8], "prompt_length": 0}])  # fmt: skip
     torch.testing.assert_close(padded["labels"], torch.tensor([[5, 6, 7], [8, -100, -100]]))  # -100 on padding only
     with pytest.raises(ValueError, match="same length"):
         LMBlockCollator()([{"input_ids": [1, 2]}, {"input_ids": [3]}])

@@ -77,7 +77,9 @@ def variable_length_pairs(n=16, vocab=97, seed=0):
     for _ in range(n):
         length = int(torch.randint(3, 20, (1,), generator=generator))
         ids = torch.randint(1, vocab, (length,), generator=generator).tolist()
-        rows.append({"input_ids": ids, "prompt_length": int(torch.randint(0, length - 1, (1,), generator=generator))})
+        prompt_length = int(torch.randint(0, length - 1, (1,), generator=generator))
+        # the mask travels in labels: Trainer's remove_unused_columns would drop a prompt_length column
+        rows.append({"input_ids": ids, "labels": [-100] * prompt_length + ids[prompt_length:]})
     return Dataset.from_list(rows)
 
 

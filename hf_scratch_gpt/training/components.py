@@ -22,6 +22,7 @@ from ..data import (
     LMBlockCollator,
     build_lm_datasets,
     iterate_texts,
+    keep_pairs_with_targets,
     load_documents,
     split_stream_train_validation,
     split_train_validation,
@@ -267,7 +268,9 @@ def build_datasets(data_args: DataArguments, tokenizer, model, documents) -> tup
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ValueError("the tokenizer has neither a pad nor an eos token to pad with")
-    return pairs["train"], pairs["validation"], CompletionCollator(pad_token_id=pad_id)
+    # Every pair left has a target token, so no batch trains (or evaluates) on 0 target tokens.
+    train, validation = (keep_pairs_with_targets(pairs[split], split, block_size) for split in ("train", "validation"))
+    return train, validation, CompletionCollator(pad_token_id=pad_id)
 
 
 def eval_protocol(data_args: DataArguments, train_dataset, eval_dataset) -> str:
