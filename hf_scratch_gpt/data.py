@@ -22,8 +22,10 @@ Sources (`load_documents`):
 - anything else: a Hugging Face Hub dataset id (`name` or `owner/name`) → `datasets.load_dataset(id, config,
   split=...)`; needs the Hub (or its local cache).
 
-Bad input fails before training with the file (and line) named: bad UTF-8, a malformed JSON line, a record without
-the text field (or with null text).
+Bad input fails before training with the file and line (row for Parquet) named: bad UTF-8, a malformed JSON line, a
+line that is not a JSON object (e.g. an array), a record without the text field (or with null text), or a text field
+that holds an object, array, number or boolean instead of a string (`check_text_records`, the one check of text
+records).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, load_dataset
+from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, Value, load_dataset
 
 from .checks_scratch_gpt import IGNORE_INDEX
 from .openai.tokenizer import END_OF_TEXT
@@ -143,23 +145,93 @@ def _skip_empty_files(files: list[str], source: str) -> list[str]:
     return [path for path in files if os.path.getsize(path) > 0]
 
 
-def locate_bad_input(files: list[str], builder: str, text_column: str) -> str | None:
-    """The first problem a builder would trip on, as 'FILE line N: what' (None if none is found).
+def _json_kind(value: Any) -> str:
+    """How an error names a JSON value's type: 'an object', 'an array', 'a boolean', 'a number', 'a string'."""
+    kinds = ((bool, "a boolean"), (dict, "an object"), (list, "an array"), ((int, float), "a number"), (str, "a string"))
+    return next((kind for types, kind in kinds if isinstance(value, types)), type(value).__name__)
 
-    Only called after a builder failed or returned rows without text: it re-reads the files line by line, so the
-    normal path pays nothing for it."""
+
+def _preview(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _record_problem(record: Any, text_columns: Sequence[str]) -> str | None:
+    """Why one JSON record is not a document with text in every one of `text_columns` (None if it is)."""
+    if not isinstance(record, dict):
+        return f"{_json_kind(record)} ({_preview(record)}), expected a JSON object with field {text_columns[0]!r}"
+    for column in text_columns:
+        value = record.get(column)
+        if value is None:
+            return f"no text in field {column!r} (keys: {sorted(record)})"
+        if not isinstance(value, str):
+            return f"field {column!r} holds {_json_kind(value)} ({_preview(value)}), expected a string"
+    return None
+
+
+def _parquet_problem(path: str, text_columns: Sequence[str]) -> str | None:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=list(text_columns))
+    except (pa.ArrowInvalid, KeyError, OSError) as error:
+        return f"{path}: {error}"
+    for column in text_columns:
+        values = table.column(column)
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            valid = pc.is_valid(values)
+            if not pc.any(valid).as_py():
+                return f"{path}: field {column!r} holds no text (type {values.type}, every row null)"
+            row = pc.index(valid, True).as_py()
+            value = values[row].as_py()
+            return f"{path} row {row + 1}: field {column!r} holds {values.type} ({_preview(value)}), expected a string"
+        if values.null_count:
+            row = pc.index(pc.is_null(values), True).as_py()
+            return f"{path} row {row + 1}: no text in field {column!r} (null)"
+    return None
+
+
+def _json_document(path: str) -> Any:
+    """A .json file parsed whole (a list of records, or one record), or None when it is not one JSON document
+    (e.g. JSON Lines in a .json file) or too large to read at once."""
+    if os.path.getsize(path) > 1 << 28:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def locate_bad_input(files: list[str], builder: str, text_column: str | Sequence[str]) -> str | None:
+    """The first problem a builder would trip on, or that makes a record unusable as text, as 'FILE line N: what'
+    ('FILE row N' for Parquet, 'FILE record N' for a .json file holding one JSON list); None if none is found.
+
+    A problem: bad UTF-8, a line that is not JSON, a line that is not a JSON object (e.g. an array), a record without
+    text (missing field or null), or a field that holds something other than a string (an object, array, number or
+    boolean). Only called after a builder failed or returned rows that are not all text: it re-reads the files, so
+    the normal path pays nothing for it."""
+    text_columns = [text_column] if isinstance(text_column, str) else list(text_column)
     for path in files:
         if builder == "parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                column = pq.read_table(path, columns=[text_column]).column(text_column)
-            except (pa.ArrowInvalid, KeyError, OSError) as error:
-                return f"{path}: {error}"
-            if column.null_count:
-                row = pc.index(pc.is_null(column), True).as_py()
-                return f"{path} row {row + 1}: no text in field {text_column!r} (null)"
+            problem = _parquet_problem(path, text_columns)
+            if problem is not None:
+                return problem
             continue
+        if builder == "json" and path.lower().endswith(".json"):
+            document = _json_document(path)
+            if isinstance(document, list):  # a list of records (or of strings: the json builder's text rows)
+                for number, record in enumerate(document, start=1):
+                    if not (isinstance(record, str) and text_columns == ["text"]):
+                        problem = _record_problem(record, text_columns)
+                        if problem is not None:
+                            return f"{path} record {number}: {problem}"
+                continue
+            if isinstance(document, dict):
+                problem = _record_problem(document, text_columns)
+                if problem is not None:
+                    return f"{path}: {problem}"
+                continue
         with open(path, "rb") as handle:
             for number, raw in enumerate(handle, start=1):
                 try:
@@ -172,9 +244,53 @@ def locate_bad_input(files: list[str], builder: str, text_column: str) -> str | 
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
                     return f"{path} line {number}: not valid JSON ({error.msg})"
-                if isinstance(record, dict) and record.get(text_column) is None:
-                    return f"{path} line {number}: no text in field {text_column!r} (keys: {sorted(record)})"
+                problem = _record_problem(record, text_columns)
+                if problem is not None:
+                    return f"{path} line {number}: {problem}"
     return None
+
+
+def _json_lines_problem(path: str) -> str | None:
+    """A .jsonl file whose first line opens a JSON array: `datasets`' json builder would read the whole file as one
+    JSON list (a list of strings becomes text rows), not as one record per line."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            stripped = (raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw).strip()  # a UTF-8 BOM
+            if stripped:
+                if stripped.startswith(b"["):
+                    return f"{path} line {number}: a JSON array, expected one JSON object per line (JSON Lines)"
+                return None
+    return None
+
+
+def _describe_feature(feature: Any) -> str:
+    """A column's `datasets` feature in words: 'int64 values', 'objects', 'lists', 'mixed JSON values'."""
+    if isinstance(feature, Value):
+        return f"{feature.dtype} values"
+    kinds = {"dict": "objects", "List": "lists", "LargeList": "lists", "Sequence": "lists", "Json": "mixed JSON values"}
+    return kinds.get(type(feature).__name__, f"{type(feature).__name__} values")
+
+
+def check_text_records(
+    dataset: Dataset, text_columns: Sequence[str], name: str, files: list[str] | None = None, builder: str = ""
+) -> None:
+    """The one check that every record holds text: each of `text_columns` exists and is a string column without
+    nulls. Raises `ValueError` naming the file and line (or row) of the first bad record when `files` are given,
+    else the column and the type found."""
+    for column in text_columns:
+        if column not in dataset.column_names:
+            raise ValueError(f"{name} has no column {column!r}; its columns are {dataset.column_names}")
+        feature = dataset.features[column]
+        is_text = isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+        missing = dataset.data.column(column).null_count
+        if is_text and not missing:
+            continue
+        problem = locate_bad_input(files, builder, text_columns) if files else None
+        if not is_text:
+            if problem is not None:  # it names the type of the first value that is not a string
+                raise ValueError(f"cannot read {name}: {problem}")
+            raise ValueError(f"{name}: field {column!r} holds {_describe_feature(feature)}, expected strings")
+        raise ValueError(f"{name}: {missing} record(s) have no text in {column!r}; first: {problem or 'a null'}")
 
 
 def _is_blank(path: str, chunk_size: int = 1 << 20) -> bool:
@@ -186,7 +302,7 @@ def _is_blank(path: str, chunk_size: int = 1 << 20) -> bool:
 
 
 def _has_text(batch: dict[str, list], text_column: str) -> list[bool]:
-    return [bool(text and text.strip()) for text in batch[text_column]]
+    return [bool(text.strip()) for text in batch[text_column]]  # strings without nulls: check_text_records
 
 
 def load_documents(
@@ -196,31 +312,47 @@ def load_documents(
     dataset_split: str = "train",
     streaming: bool = False,
     num_proc: int | None = None,
+    other_text_columns: Sequence[str] = (),
 ) -> Dataset | IterableDataset:
     """One document per row in column `text_column` (see the module docstring for sources).
 
     A `Dataset` backed by the Arrow cache, or with `streaming=True` an `IterableDataset` read lazily.
+    `other_text_columns` (e.g. the completion of prompt/completion pairs) must hold text too; documents are kept or
+    dropped (empty, whitespace-only) by `text_column` alone.
     Raises `FileNotFoundError` for a missing local path, `ConnectionError` when a Hub dataset cannot be reached, and
-    `ValueError` naming the file and line for bad UTF-8, a malformed JSON line or a record without text, and when the
+    `ValueError` naming the file and line (row for Parquet) for bad UTF-8, a malformed JSON line, a line that is not a
+    JSON object, a record without text or whose text field is not a string (`check_text_records`), and when the
     source has no usable text (no rows, or only empty / whitespace-only text), so a bad corpus fails before any
     training starts.
     """
+    text_columns = [text_column, *(column for column in other_text_columns if column != text_column)]
     if source is None or source == DEFAULT_CORPUS:
         dataset = Dataset.from_dict({text_column: default_corpus_documents()})
         return dataset.to_iterable_dataset() if streaming else dataset
+    if not source.strip():
+        raise ValueError(
+            f"dataset {source!r} is empty: expected {DEFAULT_CORPUS!r}, a {'/'.join(LOCAL_BUILDERS)} file, a folder, "
+            "a glob or a Hugging Face Hub dataset id"
+        )
+    files: list[str] = []
+    builder = ""
     if _looks_like_path(source):
         extension, files = resolve_local_files(source)
         files = _skip_empty_files(files, source)
         if not files:
             raise ValueError(f"{source!r} contains no text: every file is empty")
         builder, options = LOCAL_BUILDERS[extension]
+        if extension == ".jsonl":
+            problem = next(filter(None, map(_json_lines_problem, files)), None)
+            if problem is not None:
+                raise ValueError(f"cannot read {source!r}: {problem}")
         try:
             dataset = load_dataset(
                 builder, data_files=files, split="train", streaming=streaming,
                 num_proc=None if streaming else _file_workers(num_proc, files), **options,
             )  # fmt: skip
         except Exception as error:  # the builders wrap the cause (UnicodeDecodeError, ArrowInvalid) in their own
-            problem = locate_bad_input(files, builder, text_column)
+            problem = locate_bad_input(files, builder, text_columns)
             if problem is not None:
                 raise ValueError(f"cannot read {source!r}: {problem}") from error
             if builder != "parquet" and all(_is_blank(path) for path in files):  # e.g. only blank lines: no rows
@@ -228,11 +360,6 @@ def load_documents(
             raise
         if builder == "text" and text_column != "text":
             dataset = dataset.rename_column("text", text_column)
-        name = repr(source)
-        if not streaming and text_column in dataset.column_names and dataset.data.column(text_column).null_count:
-            missing = dataset.data.column(text_column).null_count
-            problem = locate_bad_input(files, builder, text_column) or "some records"
-            raise ValueError(f"{source!r}: {missing} record(s) have no text in {text_column!r}; first: {problem}")
     else:  # a dataset on the Hugging Face Hub (or in the local datasets cache)
         try:
             dataset = load_dataset(source, dataset_config, split=dataset_split, streaming=streaming)
@@ -241,11 +368,10 @@ def load_documents(
                 f"could not reach the Hugging Face Hub to load dataset {source!r} ({error}); check the network, or "
                 "unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE. A local path must exist (use ./NAME for a folder)"
             ) from error
-        name = repr(source)
+    name = repr(source)
     if streaming:
-        return _stream_with_text(dataset, text_column, name)
-    if text_column not in dataset.column_names:
-        raise ValueError(f"{name} has no column {text_column!r}; its columns are {dataset.column_names}")
+        return _stream_with_text(dataset, text_columns, name, files, builder)
+    check_text_records(dataset, text_columns, name, files, builder)
     dataset = dataset.filter(
         _has_text, batched=True, fn_kwargs={"text_column": text_column},
         num_proc=default_num_proc(len(dataset)) if num_proc is None else _positive_or_none(num_proc),
@@ -267,13 +393,18 @@ def _file_workers(num_proc: int | None, files: list[str]) -> int | None:
     return _positive_or_none(min(num_proc, len(files)))
 
 
-def _stream_with_text(dataset: IterableDataset, text_column: str, name: str) -> IterableDataset:
-    """Streamed documents: a missing text field or null text is an error naming the record; blank ones are dropped."""
+def _stream_with_text(
+    dataset: IterableDataset, text_columns: Sequence[str], name: str, files: list[str], builder: str
+) -> IterableDataset:
+    """Streamed documents: a record without a string in each of `text_columns` is an error naming it (by file and
+    line for local files, by position otherwise); blank ones (by the first column) are dropped."""
 
     def keep(example: dict[str, Any], index: int) -> bool:
-        if example.get(text_column) is None:
-            raise ValueError(f"{name}: record {index} has no text in {text_column!r}; its fields are {sorted(example)}")
-        return bool(example[text_column].strip())
+        problem = _record_problem(example, text_columns)
+        if problem is not None:
+            located = locate_bad_input(files, builder, text_columns) if files else None
+            raise ValueError(f"cannot read {name}: {located or f'record {index + 1}: {problem}'}")
+        return bool(example[text_columns[0]].strip())
 
     return dataset.filter(keep, with_indices=True)
 
@@ -721,6 +852,7 @@ __all__ = [
     "END_OF_TEXT",
     "LMBlockCollator",
     "build_lm_datasets",
+    "check_text_records",
     "default_corpus_documents",
     "default_num_proc",
     "encode_to_arrow",

@@ -1,6 +1,7 @@
 """Data: documents, split, blocks, collator, the trained BPE tokenizer (round trip property)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -189,3 +190,52 @@ TRICKY_PIECES = ["\x00", "\x1b", "\r", "\n", "\t", " ", "  ", "\u200b", "\ufeff"
 @given(text=st.lists(st.sampled_from(TRICKY_PIECES), max_size=40).map("".join))
 def test_bpe_round_trip_control_and_combining_characters(bpe, text):
     assert bpe.decode(bpe(text, add_special_tokens=False)["input_ids"]) == text
+
+
+@pytest.mark.parametrize("value, kind", [({"a": 1}, "an object"), (7, "a number"), (["a", "b"], "an array"),
+                                         (True, "a boolean")])  # fmt: skip
+@pytest.mark.parametrize("streaming", [False, True])
+def test_jsonl_text_field_that_is_not_a_string_names_the_file_line_and_type(tmp_path, value, kind, streaming):
+    path = tmp_path / "records.jsonl"
+    lines = [json.dumps({"text": "a document"}), json.dumps({"text": "another"}), json.dumps({"text": value})]
+    for records in (lines[2:], lines):  # every record bad (one Arrow type), or one bad among strings (mixed types)
+        path.write_text("\n".join(records) + "\n", encoding="utf-8")
+        line = len(records)
+        with pytest.raises(ValueError, match=rf"records\.jsonl line {line}: field 'text' holds {kind} \(.*\), expected a string"):
+            list(load_documents(str(path), streaming=streaming))
+
+
+@pytest.mark.parametrize("values, arrow_type", [([1, 2], "int64"), ([{"a": 1}, {"a": 2}], "struct<a: int64>"),
+                                                ([["x"], ["y"]], "list<"), ([True, False], "bool")])  # fmt: skip
+def test_parquet_text_column_that_is_not_strings_names_the_file_row_and_type(tmp_path, values, arrow_type):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [None, *values]}), tmp_path / "docs.parquet")
+    arrow_type = str(pq.read_schema(tmp_path / "docs.parquet").field("text").type) if arrow_type == "list<" else arrow_type
+    with pytest.raises(ValueError, match=rf"docs\.parquet row 2: field 'text' holds {re.escape(arrow_type)} .*expected a string"):
+        load_documents(str(tmp_path / "docs.parquet"))
+
+
+@pytest.mark.parametrize("content, line", [
+    ('{"text": "first"}\n["a", "b"]\n', 2),  # json's builder fails on the mixed lines
+    ('["a", "b"]\n', 1),  # one array line: json's builder would silently read it as two text rows
+])  # fmt: skip
+def test_jsonl_line_that_is_an_array_names_the_file_and_line(tmp_path, content, line):
+    path = tmp_path / "arrays.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"arrays\.jsonl line {line}: (an|a JSON) array.*expected .*JSON object"):
+        load_documents(str(path))
+
+
+def test_completion_field_is_checked_like_the_text(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "Q: two?", "completion": 2}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"pairs\.jsonl line 1: field 'completion' holds a number \(2\), expected a string"):
+        load_documents(str(path), "prompt", other_text_columns=["completion"])
+
+
+@pytest.mark.parametrize("source", ["", "  "])
+def test_empty_dataset_name_is_a_clear_error(source):
+    with pytest.raises(ValueError, match=rf"dataset '{source}' is empty: expected 'pydoc', a .txt"):
+        load_documents(source)

@@ -1,11 +1,13 @@
 """`train` on both paths (Trainer, Accelerate loop) does what it says or refuses in one line (issue 27): only
-completion tokens are scored, and a run with no target token never starts."""
+completion tokens are scored, a run with no target token never starts, and a text field that is not a string is
+named by file and line."""
 import json
 
 import pytest
 import torch
 
 from helpers import SMALL
+from test_cli import assert_one_line_error, run_cli
 from hf_scratch_gpt.data import train_bpe_tokenizer
 from hf_scratch_gpt.training import loop, trainer
 
@@ -102,3 +104,20 @@ def test_pairs_with_no_target_token_are_refused_before_training(tmp_path, pairs_
                                          r"pairs is cut at block_size 4"):  # fmt: skip
         run_train(loop_name, flags)
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Values that were tracebacks: one line, before anything is written
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value, kind", [({"a": 1}, "an object"), (3, "a number"), (["x"], "an array"), (False, "a boolean")])
+@pytest.mark.parametrize("field", ["prompt", "completion"])  # the prompt was an AttributeError ('strip') traceback
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_text_field_that_is_not_a_string_is_one_line_naming_the_file_and_line(
+    tmp_path, pairs_folder, capsys, loop_name, field, value, kind
+):
+    data = tmp_path / "pairs.jsonl"
+    records = [PAIRS[0], {**PAIRS[1], field: value}, PAIRS[2]]
+    data.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    flags = train_flags(loop_name, tmp_path / "out", pairs_folder, "--dataset", data)
+    code, _, err = run_cli(["train", "--loop", loop_name, *flags], capsys)
+    assert_one_line_error(code, err, f"pairs.jsonl line 2: field {field!r} holds {kind}", "expected a string")

@@ -285,11 +285,12 @@ def eval_protocol(data_args: DataArguments, train_dataset, eval_dataset) -> str:
 
 
 def load_and_split(data_args: DataArguments):
-    # For prompt/completion records the prompt column is the one that must exist and hold text.
+    # For prompt/completion records the prompt and the completion are the columns that must exist and hold text.
     column = data_args.prompt_column or data_args.text_column
+    completion = (data_args.completion_column,) if data_args.prompt_column is not None else ()
     documents = load_documents(
         data_args.dataset, column, data_args.dataset_config_name, data_args.dataset_split,
-        streaming=data_args.streaming, num_proc=data_args.preprocessing_num_workers,
+        streaming=data_args.streaming, num_proc=data_args.preprocessing_num_workers, other_text_columns=completion,
     )  # fmt: skip
     if data_args.streaming:
         return split_stream_train_validation(documents, data_args.validation_fraction, data_args.split_seed)
