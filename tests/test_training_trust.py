@@ -1,7 +1,8 @@
 """`train` on both paths (Trainer, Accelerate loop) does what it says or refuses in one line (issue 27): only
-completion tokens are scored, a run with no target token never starts, and a text field that is not a string is
-named by file and line."""
+completion tokens are scored, a run with no target token never starts, and `--output_dir` is required."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,8 +108,40 @@ def test_pairs_with_no_target_token_are_refused_before_training(tmp_path, pairs_
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Values that were tracebacks: one line, before anything is written
+# The output folder
 # ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_output_dir_is_required(tmp_path, pairs_folder, monkeypatch, capsys, loop_name):
+    """Without --output_dir (flags or a .json file) the run is refused in one line; nothing goes to ./trainer_output."""
+    monkeypatch.chdir(tmp_path)
+    flags = train_flags(loop_name, "unused", pairs_folder)[2:]
+    code, _, err = run_cli(["train", "--loop", loop_name, *flags], capsys)
+    assert_one_line_error(code, err, "the following arguments are required: --output_dir")
+    arguments = dict(zip((flag.removeprefix("--") for flag in flags[::2]), flags[1::2]))
+    Path("args.json").write_text(json.dumps(arguments), encoding="utf-8")
+    code, _, err = run_cli(["train", "--loop", loop_name, "args.json"], capsys)
+    assert_one_line_error(code, err, "args.json lacks the required output_dir")
+    assert sorted(os.listdir(tmp_path)) == ["args.json"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Values Trainer or datasets failed on with a traceback: one line, before anything is read or written
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("loop_name, flag, value, message", [
+    ("trainer", "--gradient_accumulation_steps", "0", "--gradient_accumulation_steps must be an integer >= 1, got 0"),
+    ("accelerate", "--gradient_accumulation_steps", "0", "--gradient_accumulation_steps must be an integer >= 1, got 0"),
+    ("trainer", "--num_train_epochs", "inf", "--num_train_epochs must be a finite number, got inf"),
+    ("trainer", "--dataset", "", "dataset '' is empty: expected 'pydoc'"),
+    ("accelerate", "--dataset", "", "dataset '' is empty: expected 'pydoc'"),
+])  # fmt: skip
+def test_bad_training_values_are_one_line(tmp_path, pairs_folder, capsys, loop_name, flag, value, message):
+    max_steps = "-1" if flag == "--num_train_epochs" else "2"
+    flags = train_flags(loop_name, tmp_path / "out", pairs_folder, "--max_steps", max_steps, flag, value)
+    code, _, err = run_cli(["train", "--loop", loop_name, *flags], capsys)
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
 @pytest.mark.parametrize("value, kind", [({"a": 1}, "an object"), (3, "a number"), (["x"], "an array"), (False, "a boolean")])
 @pytest.mark.parametrize("field", ["prompt", "completion"])  # the prompt was an AttributeError ('strip') traceback
 @pytest.mark.parametrize("loop_name", LOOPS)

@@ -4,6 +4,8 @@ tokenizer / model / dataset construction, atomic checkpoint directories and the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -117,14 +119,36 @@ class FlagParser(HfArgumentParser):
         raise ValueError(f"{self.prog}: {message} (`{self.prog} --help` lists the flags)")
 
     def parse_flags(self, argv: Sequence[str]) -> tuple[Any, ...]:
-        """Flags, or a single .json file of them, → one instance per dataclass; refuses any flag it does not know."""
+        """Flags, or a single .json file of them, → one instance per dataclass; refuses any flag it does not know,
+        and a .json file that lacks a required one (as the flags do)."""
         argv = list(argv)
         if len(argv) == 1 and argv[0].endswith(".json"):
-            return self.parse_json_file(json_file=os.path.abspath(argv[0]))
+            path = os.path.abspath(argv[0])
+            with open(path, encoding="utf-8") as handle:
+                try:
+                    given = json.load(handle)
+                except json.JSONDecodeError as error:
+                    self.error(f"{argv[0]} is not valid JSON ({error})")
+            if not isinstance(given, dict):
+                self.error(f"{argv[0]} holds {type(given).__name__}, expected a JSON object of flag: value")
+            missing = [name for name in self.required_fields() if name not in given]
+            if missing:
+                self.error(f"{argv[0]} lacks the required {', '.join(missing)}")
+            return self.parse_json_file(json_file=path)
         *parsed, unknown = self.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
         if unknown:
             self.error(f"unrecognized arguments: {' '.join(unknown)}")
         return tuple(parsed)
+
+    def required_fields(self) -> list[str]:
+        """Fields without a default, or marked `metadata={"required": True}` (which HfArgumentParser hands to
+        argparse as `required=True`)."""
+        return [
+            item.name for dtype in self.dataclass_types for item in dataclasses.fields(dtype) if item.init and (
+                item.metadata.get("required")
+                or (item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING)
+            )
+        ]  # fmt: skip
 
 
 def progress_bars_on_main_process_only(is_local_main_process: bool) -> None:

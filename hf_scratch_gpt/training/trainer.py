@@ -35,6 +35,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ class ScratchGPTTrainer(Trainer):
                 f"(distributed type {self.accelerator.distributed_type}); Trainer's FSDP needs GPUs. On CPU use "
                 "`hf-scratch-gpt train --loop accelerate --fsdp true` under torchrun"
             )
-        check_training_length(self.args.max_steps, self.args.num_train_epochs)
+        check_trainer_arguments(self.args)
         self._staging_root: str | None = None
         factor = self.args.label_smoothing_factor
         if factor:
@@ -216,7 +217,7 @@ def train_with_trainer(
 
     Returns the final metrics plus `model_dir`, `plot` and `metrics_file` paths.
     """
-    check_training_length(training_args.max_steps, training_args.num_train_epochs)  # before any data is read
+    check_trainer_arguments(training_args)  # before any data is read
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     if training_args.include_num_input_tokens_seen == "no":
@@ -289,6 +290,18 @@ def train_with_trainer(
     return result
 
 
+def check_trainer_arguments(training_args: TrainingArguments) -> None:
+    """Refuse, before any data is read, values Trainer would fail on mid-run with a bare ZeroDivisionError or
+    OverflowError, and lengths that train no step (`check_training_length`)."""
+    if training_args.gradient_accumulation_steps < 1:
+        raise ValueError(
+            f"--gradient_accumulation_steps must be an integer >= 1, got {training_args.gradient_accumulation_steps}"
+        )
+    if not math.isfinite(training_args.num_train_epochs):
+        raise ValueError(f"--num_train_epochs must be a finite number, got {training_args.num_train_epochs}")
+    check_training_length(training_args.max_steps, training_args.num_train_epochs)
+
+
 def check_one_batch_each(training_args: TrainingArguments, train_dataset, eval_dataset) -> None:
     """Before training: each split must fill one batch (a final `evaluate()` always runs). With
     `dataloader_drop_last`, a validation split smaller than one batch is silently empty, and Trainer fails only
@@ -328,6 +341,22 @@ def write_json(data: dict, path: Path) -> None:
     os.replace(temporary, path)
 
 
+@dataclass
+class ScratchTrainingArguments(TrainingArguments):
+    """`TrainingArguments` of `hf-scratch-gpt train`: `output_dir` is required (transformers would write into
+    ./trainer_output)."""
+
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where checkpoints, the final model, metrics.json and loss.png go (required).", "required": True},
+    )
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None:  # e.g. a .json file of arguments without it
+            raise ValueError("output_dir is required: the folder for checkpoints, the final model and its metrics")
+        super().__post_init__()
+
+
 TRAIN_HELP = """Train with transformers' Trainer (`--loop trainer`, the default): from a preset, or fine-tune a saved
 folder with --model_name_or_path. The flags are the fields of ModelArguments and DataArguments (sections below) and
 of transformers' TrainingArguments (options); `--output_dir` is required. The explicit Accelerate loop has its own
@@ -336,9 +365,9 @@ flags: `hf-scratch-gpt train --loop accelerate --help`."""
 
 def parse_train_arguments(
     argv: Sequence[str], prog: str = "hf-scratch-gpt train"
-) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+) -> tuple[ModelArguments, DataArguments, ScratchTrainingArguments]:
     """Command-line flags (or one .json file) → the three dataclasses, as in run_clm. `--help` lists every flag."""
-    return FlagParser((ModelArguments, DataArguments, TrainingArguments), prog, TRAIN_HELP).parse_flags(argv)
+    return FlagParser((ModelArguments, DataArguments, ScratchTrainingArguments), prog, TRAIN_HELP).parse_flags(argv)
 
 
 def train_from_argv(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -353,7 +382,9 @@ def train_from_argv(argv: Sequence[str] | None = None) -> dict[str, Any]:
 __all__ = [
     "LossHistoryCallback",
     "ScratchGPTTrainer",
+    "ScratchTrainingArguments",
     "build_compute_metrics",
+    "check_trainer_arguments",
     "parse_train_arguments",
     "preprocess_logits_for_metrics",
     "train_from_argv",
