@@ -12,6 +12,7 @@ from test_training import small_run_args
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
 from hf_scratch_gpt.loading import load_model
 from hf_scratch_gpt.training import final_save
+from hf_scratch_gpt.training.components import TRAIN_OUTPUT_MARK
 from hf_scratch_gpt.training.trainer import train_with_trainer
 
 
@@ -35,7 +36,8 @@ def die_mid_weight_write(monkeypatch):
 
 
 def top_level_files(folder):
-    return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    """The files of the final model (not the run's lock, which holds the id of the last process that trained)."""
+    return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file() and path.name != TRAIN_OUTPUT_MARK}
 
 
 RUNS = {
@@ -65,7 +67,7 @@ def test_failed_final_save_keeps_the_previous_final_model(tmp_path, corpus_file,
         torch.testing.assert_close(tensor, previous.state_dict()[name], rtol=0, atol=0)
 
     RUNS[loop](out, corpus_file, 3, 1)  # the next run cleans the staging folder up and publishes
-    assert not any(path.name.startswith(".") for path in out.iterdir())
+    assert [path.name for path in out.iterdir() if path.name.startswith(".")] == [TRAIN_OUTPUT_MARK]  # no staging
     assert top_level_files(out)["model.safetensors"] != before["model.safetensors"]
     load_model(out)
 

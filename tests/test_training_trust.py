@@ -1,7 +1,11 @@
 """`train` on both paths (Trainer, Accelerate loop) does what it says or refuses in one line (issue 27): only
-completion tokens are scored, a run with no target token never starts, and `--output_dir` is required."""
+completion tokens are scored, a run with no target token never starts, `--output_dir` is required, a folder that
+train did not write is never replaced without `--overwrite_output_dir`, and two runs never share a folder."""
+
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,8 +13,10 @@ import torch
 
 from helpers import SMALL
 from test_cli import assert_one_line_error, run_cli
+from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
 from hf_scratch_gpt.data import train_bpe_tokenizer
 from hf_scratch_gpt.training import loop, trainer
+from hf_scratch_gpt.training.components import TRAIN_OUTPUT_MARK, OutputDirInUseError, claim_output_dir
 
 PAIRS = [{"prompt": f"Q: what is {a} plus {b}?\nA:", "completion": f" {a + b}"} for a in range(6) for b in range(6)]
 LOOPS = ("trainer", "accelerate")
@@ -122,6 +128,74 @@ def test_output_dir_is_required(tmp_path, pairs_folder, monkeypatch, capsys, loo
     code, _, err = run_cli(["train", "--loop", loop_name, "args.json"], capsys)
     assert_one_line_error(code, err, "args.json lacks the required output_dir")
     assert sorted(os.listdir(tmp_path)) == ["args.json"]
+
+
+def save_other_model(folder: Path) -> dict[str, bytes]:
+    """Another model's folder (config, weights, a card): what `train` must not replace. Returns its files."""
+    torch.manual_seed(1)
+    ScratchGPTForCausalLM(ScratchGPTConfig.from_preset("tiny", vocab_size=64)).save_pretrained(folder)
+    (folder / "README.md").write_text("# someone's model\n", encoding="utf-8")
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_folder_train_did_not_write_is_kept_unless_overwrite_is_given(tmp_path, pairs_folder, capsys, loop_name):
+    other = tmp_path / "other"
+    before = save_other_model(other)
+    flags = train_flags(loop_name, other, pairs_folder)
+    code, _, err = run_cli(["train", "--loop", loop_name, *flags], capsys)
+    assert_one_line_error(code, err, f"--output_dir {other} holds files that train did not write", "--overwrite_output_dir")
+    assert {path.name: path.read_bytes() for path in other.iterdir()} == before  # nothing added, nothing replaced
+
+    run_train(loop_name, [*flags, "--overwrite_output_dir", "true"])
+    assert (other / "model.safetensors").read_bytes() != before["model.safetensors"]
+    assert (other / TRAIN_OUTPUT_MARK).is_file()  # from now on the folder is a train output
+    run_train(loop_name, flags)  # so a second run into it (here: from scratch again) needs no flag
+
+
+def test_resuming_into_its_own_output_folder_needs_no_flag(tmp_path, pairs_folder):
+    flags = train_flags("trainer", tmp_path / "run", pairs_folder, "--save_strategy", "steps", "--save_steps", "2")
+    trainer.train_from_argv(flags)
+    result = trainer.train_from_argv([*flags, "--max_steps", "3", "--resume_from_checkpoint", "last"])
+    assert result["resumed_from"] == str(tmp_path / "run" / "checkpoint-2") and result["global_step"] == 3
+
+
+HOLD_LOCK = """
+import sys, time
+from hf_scratch_gpt.training.components import claim_output_dir
+with claim_output_dir(sys.argv[1]):
+    print("holding", flush=True)
+    sys.stdin.read()  # until the test closes stdin
+"""
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, pairs_folder, capsys, loop_name):
+    """Another process holds the folder (as a running `train` does): the run is refused in one line naming the
+    folder and that process, and writes nothing."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        flags = train_flags(loop_name, out, pairs_folder)
+        code, _, err = run_cli(["train", "--loop", loop_name, *flags], capsys)
+        assert_one_line_error(code, err, f"--output_dir {out} is in use by another train run (process {holder.pid} on ")
+        assert sorted(os.listdir(out)) == [TRAIN_OUTPUT_MARK]
+    finally:
+        holder.communicate(input="", timeout=60)
+    assert holder.returncode == 0
+    run_train(loop_name, flags)  # the lock went with the process that held it
+    assert (out / "model.safetensors").is_file()
+
+
+def test_the_lock_is_exclusive_within_one_process_and_released_after(tmp_path):
+    with claim_output_dir(tmp_path / "out"):
+        with pytest.raises(OutputDirInUseError, match=rf"process {os.getpid()} on "):
+            with claim_output_dir(tmp_path / "out"):
+                pass
+    with claim_output_dir(tmp_path / "out"):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -348,6 +350,88 @@ def check_resume_step(checkpoint_step: int, max_steps: int, checkpoint: str | os
             f"{checkpoint} is at step {checkpoint_step}, beyond max_steps {max_steps}: a resumed run cannot end at "
             f"max_steps; set max_steps >= {checkpoint_step} or resume from an earlier checkpoint"
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The output folder: train writes only into a folder it wrote itself, and one run at a time
+# ---------------------------------------------------------------------------------------------------------------------
+# Marks a folder as a train output, and is locked (fcntl.flock) for as long as a run writes into the folder. It holds
+# the process id and host of the last run that claimed it. It stays when the run ends: removing a lock file that
+# another process may have open would let two runs lock two different files.
+TRAIN_OUTPUT_MARK = ".hf-scratch-gpt-train.lock"
+
+
+class OutputDirInUseError(OSError):
+    """Another train run holds the output folder's lock."""
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse (`FileExistsError`) an output folder that train did not write, e.g. another model: train would replace
+    its config and weights. Fine: a new or empty folder, one a train run marked (`TRAIN_OUTPUT_MARK`: to resume or
+    train again), or one that holds nothing but checkpoints (`checkpoint-N`, e.g. copied to resume from) and
+    staging folders. `overwrite=True` (`--overwrite_output_dir`) trains into any other folder, with a warning."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"--output_dir {output_dir} exists and is not a folder")
+    if not output_dir.exists() or (output_dir / TRAIN_OUTPUT_MARK).is_file():
+        return
+    entries = sorted(
+        entry.name for entry in output_dir.iterdir()
+        if not (entry.is_dir() and (CHECKPOINT_PATTERN.match(entry.name) or entry.name.startswith(STAGING_PREFIX)))
+    )  # fmt: skip
+    if not entries:
+        return
+    shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    if overwrite:
+        logger.warning(
+            "--overwrite_output_dir: training into %s, which train did not write (it holds %s); files of the same "
+            "names are replaced", output_dir, shown,
+        )  # fmt: skip
+        return
+    raise FileExistsError(
+        f"--output_dir {output_dir} holds files that train did not write ({shown}); train would replace its model "
+        "files. Choose a new or empty folder, or pass --overwrite_output_dir to train into it anyway"
+    )
+
+
+@contextmanager
+def claim_output_dir(output_dir: str | os.PathLike, overwrite: bool = False, is_main_process: bool = True) -> Iterator[None]:
+    """For the duration of a run: `check_output_dir`, then hold an exclusive lock on the folder's
+    `TRAIN_OUTPUT_MARK` (created if missing, which marks the folder as a train output). A second run into the same
+    folder fails at once with `OutputDirInUseError` naming the process that holds it. The kernel releases the lock
+    when the process ends, however it ends, so a killed run never leaves a stale lock. Only the main process of a
+    multi-process run claims the folder (the others write into it under its claim)."""
+    if not is_main_process:
+        yield
+        return
+    import fcntl  # POSIX; the package's training runs on Linux and macOS
+
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, overwrite)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(output_dir / TRAIN_OUTPUT_MARK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputDirInUseError(
+                f"--output_dir {output_dir} is in use by another train run ({_describe_holder(fd)}); wait for it to "
+                "end or choose another folder"
+            ) from None
+        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode() + b"\n", 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _describe_holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+        return f"process {holder['pid']} on {holder['host']}"
+    except (ValueError, KeyError, TypeError):
+        return "a process that has not yet written its id"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from .components import (
     build_tokenizer,
     check_resume_step,
     check_training_length,
+    claim_output_dir,
     eval_protocol,
     load_and_split,
     non_finite_message,
@@ -110,6 +111,12 @@ class LoopArguments:
         default=False,
         metadata={"help": "Shard parameters, gradients and optimizer state over the processes (FSDP2, fully_shard on "
                   "each ScratchGPTBlock). Needs several processes (torchrun / accelerate launch)."},
+    )  # fmt: skip
+    # last, so that the fields before it keep their positions
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into --output_dir even though it holds files that no train run wrote (e.g. another "
+                  "model); files of the same names are replaced. Without it such a folder is refused."},
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -232,6 +239,10 @@ def _no_gradient_sync(model, accelerator: Accelerator):
 def train_with_accelerate(
     model_args: ModelArguments, data_args: DataArguments, loop_args: LoopArguments
 ) -> dict[str, Any]:
+    """Train with the explicit loop (see the module docstring); returns the final metrics and the output paths.
+
+    `output_dir` must be new, empty or a folder a train run wrote (`--overwrite_output_dir` allows any other), and
+    no other run may be writing into it (`claim_output_dir`, taken by the main process)."""
     fsdp_options = _fsdp_options(loop_args)
     if fsdp_options is not None and loop_args.mixed_precision == "fp16":
         # fp16 needs a gradient scaler that understands sharded gradients (and clipping after unscaling); bf16 does not.
@@ -245,6 +256,14 @@ def train_with_accelerate(
         mixed_precision=loop_args.mixed_precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
     )
+    with claim_output_dir(loop_args.output_dir, loop_args.overwrite_output_dir, accelerator.is_main_process):
+        return _train_with_accelerate(model_args, data_args, loop_args, accelerator, fsdp_options)
+
+
+def _train_with_accelerate(
+    model_args: ModelArguments, data_args: DataArguments, loop_args: LoopArguments, accelerator: Accelerator,
+    fsdp_options: FSDPOptions | None,
+) -> dict[str, Any]:  # fmt: skip
     set_seed(loop_args.seed)
     progress_bars_on_main_process_only(accelerator.is_local_main_process)
     output_dir = Path(loop_args.output_dir)

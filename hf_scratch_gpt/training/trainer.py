@@ -56,6 +56,7 @@ from .components import (
     build_tokenizer,
     check_resume_step,
     check_training_length,
+    claim_output_dir,
     eval_protocol,
     load_and_split,
     non_finite_message,
@@ -216,8 +217,22 @@ def train_with_trainer(
     """Train (from a preset or a saved folder), evaluate, save model + tokenizer, `metrics.json` and the loss plot.
 
     Returns the final metrics plus `model_dir`, `plot` and `metrics_file` paths.
+
+    `output_dir` must be new, empty or a folder a train run wrote (`training_args.overwrite_output_dir`, a field of
+    `ScratchTrainingArguments`, allows any other), and no other run may be writing into it (`claim_output_dir`).
     """
     check_trainer_arguments(training_args)  # before any data is read
+    overwrite = getattr(training_args, "overwrite_output_dir", False)  # plain TrainingArguments have no such field
+    with claim_output_dir(training_args.output_dir, overwrite, is_main_process=training_args.process_index == 0):
+        return _train_with_trainer(model_args, data_args, training_args, callbacks)
+
+
+def _train_with_trainer(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    callbacks: Sequence[TrainerCallback],
+) -> dict[str, Any]:
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     if training_args.include_num_input_tokens_seen == "no":
@@ -344,12 +359,17 @@ def write_json(data: dict, path: Path) -> None:
 @dataclass
 class ScratchTrainingArguments(TrainingArguments):
     """`TrainingArguments` of `hf-scratch-gpt train`: `output_dir` is required (transformers would write into
-    ./trainer_output)."""
+    ./trainer_output), and `overwrite_output_dir` lets a run train into a folder that another program wrote."""
 
     output_dir: str | None = field(
         default=None,
         metadata={"help": "Where checkpoints, the final model, metrics.json and loss.png go (required).", "required": True},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into --output_dir even though it holds files that no train run wrote (e.g. another "
+                  "model); files of the same names are replaced. Without it such a folder is refused."},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.output_dir is None:  # e.g. a .json file of arguments without it
