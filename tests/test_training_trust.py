@@ -1,6 +1,7 @@
 """`train` on both paths (Trainer, Accelerate loop) does what it says or refuses in one line (issue 27): only
 completion tokens are scored, a run with no target token never starts, `--output_dir` is required, a folder that
-train did not write is never replaced without `--overwrite_output_dir`, and two runs never share a folder."""
+train did not write is never replaced without `--overwrite_output_dir`, two runs never share a folder, and a final
+model is never published without its weights."""
 
 import json
 import os
@@ -15,8 +16,10 @@ from helpers import SMALL
 from test_cli import assert_one_line_error, run_cli
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
 from hf_scratch_gpt.data import train_bpe_tokenizer
-from hf_scratch_gpt.training import loop, trainer
-from hf_scratch_gpt.training.components import TRAIN_OUTPUT_MARK, OutputDirInUseError, claim_output_dir
+from hf_scratch_gpt.training import final_save, loop, trainer
+from hf_scratch_gpt.training.components import (
+    TRAIN_OUTPUT_MARK, OutputDirInUseError, claim_output_dir, publish_directory,
+)  # fmt: skip
 
 PAIRS = [{"prompt": f"Q: what is {a} plus {b}?\nA:", "completion": f" {a + b}"} for a in range(6) for b in range(6)]
 LOOPS = ("trainer", "accelerate")
@@ -196,6 +199,34 @@ def test_the_lock_is_exclusive_within_one_process_and_released_after(tmp_path):
                 pass
     with claim_output_dir(tmp_path / "out"):
         pass
+
+
+def test_a_final_save_without_its_weights_is_never_published(tmp_path):
+    out = tmp_path / "out"
+    before = save_other_model(out)
+    staging = final_save.start_final_save(out)
+    (staging / "config.json").write_text("{}", encoding="utf-8")
+    (staging / "metrics.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match=r"lacks \['model.safetensors'\]; nothing was published"):
+        final_save.publish_final_save(staging, out)
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
+
+    (staging / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
+    (staging / "model-00001-of-00002.safetensors").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=r"lacks \['model-00002-of-00002.safetensors'\]"):
+        final_save.publish_final_save(staging, out)
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
+
+
+def test_a_checkpoint_without_its_required_files_is_never_published(tmp_path):
+    staging = tmp_path / ".incomplete-checkpoint-2"
+    staging.mkdir()
+    (staging / "trainer_state.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match=r"lacks \['model.safetensors'\]: it is not published"):
+        publish_directory(staging, tmp_path / "checkpoint-2", required=("trainer_state.json", "model.safetensors"))
+    assert not (tmp_path / "checkpoint-2").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

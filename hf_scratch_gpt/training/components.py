@@ -485,8 +485,14 @@ def remove_stale_staging(output_dir: str | os.PathLike) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
 
 
-def publish_directory(staging: Path, final: Path) -> None:
-    """Move a completely written folder to its final name in one rename (atomic on one filesystem)."""
+def publish_directory(staging: Path, final: Path, required: Sequence[str] = ()) -> None:
+    """Move a completely written folder to its final name in one rename (atomic on one filesystem).
+
+    `required`: files the folder must hold (e.g. its weights); without one of them it is not published
+    (`FileNotFoundError`), so a `checkpoint-N` that resume would pick is never an incomplete one."""
+    missing = [name for name in required if not (staging / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{staging} lacks {missing}: it is not published as {final}")
     if final.exists():  # saving the same step again: move the old one aside first, then swap
         retired = final.with_name(f"{STAGING_PREFIX}retired-{final.name}")
         shutil.rmtree(retired, ignore_errors=True)

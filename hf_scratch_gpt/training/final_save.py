@@ -13,11 +13,14 @@ completes the move, and `hf_scratch_gpt.loading.check_model_folder` refuses the 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
 from pathlib import Path
+
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from ..loading import INTERRUPTED_FINAL_SAVE_NAME
 from .components import STAGING_PREFIX
@@ -38,9 +41,32 @@ def start_final_save(output_dir: str | os.PathLike) -> Path:
     return staging
 
 
+def check_staged_model(staging: str | os.PathLike) -> None:
+    """A staged final save must hold a complete model: config.json and its weights (model.safetensors, or the index
+    and every shard it names). Raises `FileNotFoundError` naming what is missing."""
+    staging = Path(staging)
+    missing = [] if (staging / CONFIG_NAME).is_file() else [CONFIG_NAME]
+    index = staging / SAFE_WEIGHTS_INDEX_NAME
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{index} is not a safetensors index ({error})") from error
+        missing += [name for name in shards if not (staging / name).is_file()]
+    elif not (staging / SAFE_WEIGHTS_NAME).is_file():
+        missing.append(SAFE_WEIGHTS_NAME)
+    if missing:
+        raise FileNotFoundError(
+            f"the final save in {staging} lacks {missing}; nothing was published, the model in {staging.parent} is "
+            "left as it was"
+        )
+
+
 def publish_final_save(staging: str | os.PathLike, output_dir: str | os.PathLike) -> None:
-    """Make the completely written `staging` folder the final model in `output_dir` (see the module docstring)."""
+    """Make the completely written `staging` folder the final model in `output_dir` (see the module docstring).
+    A staged folder without its config or weights is refused (`check_staged_model`) before anything moves."""
     staging, output_dir = Path(staging), Path(output_dir)
+    check_staged_model(staging)
     for path in staging.iterdir():  # durable before the commit point (the rename below)
         if path.is_file():
             _fsync(path)
@@ -79,4 +105,4 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["finish_interrupted_final_save", "publish_final_save", "start_final_save"]
+__all__ = ["check_staged_model", "finish_interrupted_final_save", "publish_final_save", "start_final_save"]

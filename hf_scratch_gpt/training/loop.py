@@ -66,6 +66,7 @@ from .components import (
 )
 from .final_save import finish_interrupted_final_save, publish_final_save, start_final_save
 from .fsdp import (
+    FSDP_LAYOUT_NAME,
     FSDPOptions,
     fsdp_options_from_accelerate_env,
     full_state_dict,
@@ -76,7 +77,7 @@ from .fsdp import (
 )
 from .fsdp import clip_grad_norm_ as clip_sharded_grad_norm_
 from .plots import plot_loss_curves
-from .resume import LOOP_STATE_NAME, read_loop_checkpoint, read_loop_state
+from .resume import LOOP_STATE_NAME, SAFE_WEIGHTS_NAME, read_loop_checkpoint, read_loop_state
 
 logger = logging.getLogger(__name__)
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
@@ -188,9 +189,10 @@ def evaluate_loss(model, dataloader, accelerator: Accelerator) -> dict[str, floa
 
 
 def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loop_state: dict,
-                     write_state: Callable[[Path], None]) -> Path:  # fmt: skip
+                     write_state: Callable[[Path], None], weights: str) -> Path:  # fmt: skip
     """Every process writes into a staging folder (`write_state(folder)`: Accelerate's `save_state`, or each
-    process's FSDP shard); the main process adds the loop state and renames it to `checkpoint-N` once complete."""
+    process's FSDP shard); the main process adds the loop state and renames it to `checkpoint-N` once complete
+    (never without the loop state and the `weights` file)."""
     name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
     staging = output_dir / f"{STAGING_PREFIX}{name}"
     if accelerator.is_main_process:
@@ -202,7 +204,7 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loop
         (staging / LOOP_STATE_NAME).write_text(json.dumps(loop_state, indent=2), encoding="utf-8")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        publish_directory(staging, output_dir / name)
+        publish_directory(staging, output_dir / name, required=(LOOP_STATE_NAME, weights))
     accelerator.wait_for_everyone()
     return output_dir / name
 
@@ -386,9 +388,11 @@ def _train_with_accelerate(
                               "scheduler": scheduler.state_dict()}  # fmt: skip
                 if fsdp_options is not None:  # each process its own shard: safetensors + JSON, no pickle
                     write_state = partial(save_sharded_checkpoint, model, optimizer, scheduler)
+                    weights = FSDP_LAYOUT_NAME
                 else:  # model.safetensors, optimizer, RNG per process
                     write_state = partial(_save_accelerate_state, accelerator)
-                _save_checkpoint(accelerator, output_dir, step, loop_state, write_state)
+                    weights = SAFE_WEIGHTS_NAME
+                _save_checkpoint(accelerator, output_dir, step, loop_state, write_state, weights)
             if step >= loop_args.max_steps:
                 break
     progress.close()

@@ -68,7 +68,7 @@ from .components import (
 )
 from .final_save import FINAL_STAGING_NAME, finish_interrupted_final_save, publish_final_save, start_final_save
 from .plots import plot_loss_curves
-from .resume import check_trainer_checkpoint
+from .resume import TRAINER_STATE_NAME, check_trainer_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,9 @@ class ScratchGPTTrainer(Trainer):
             self._staging_root = None
         self.accelerator.wait_for_everyone()  # every process has written its part (e.g. its RNG state)
         if self.args.should_save:
-            publish_directory(staging_root / name, run_dir / name)
+            # Trainer writes the weights as model.safetensors unless FSDP or DeepSpeed save them their own way.
+            weights = () if (self.is_fsdp_enabled or self.is_deepspeed_enabled) else ("model.safetensors",)
+            publish_directory(staging_root / name, run_dir / name, required=(TRAINER_STATE_NAME, *weights))
             shutil.rmtree(staging_root, ignore_errors=True)
             best = self.state.best_global_step
             if best and (run_dir / f"{PREFIX_CHECKPOINT_DIR}-{best}").exists():
