@@ -217,7 +217,10 @@ def file_in_folder(folder: str | os.PathLike, name: str) -> Path:
     holds links into the same repository's `blobs/`, and those are followed.
     """
     path = Path(folder) / name
-    real_folder, real = Path(folder).resolve(), path.resolve()
+    try:
+        real_folder, real = Path(folder).resolve(), path.resolve()
+    except RuntimeError as error:  # Python < 3.13 reports a symlink loop as RuntimeError
+        raise ValueError(f"{path} is a symlink loop ({error}); expected a file inside the model folder") from error
     allowed = [real_folder]
     if real_folder.parent.name == "snapshots":
         allowed.append(real_folder.parent.parent / "blobs")
@@ -245,6 +248,8 @@ def check_weight_files(folder: str | os.PathLike) -> list[Path]:
             f"moved into place; run the same `train` command again (it completes the move first)"
         )
     single, index = folder / SAFE_WEIGHTS_NAME, folder / SAFE_WEIGHTS_INDEX_NAME
+    for link in (path for path in (single, index) if path.is_symlink()):  # a dangling or looping link too
+        file_in_folder(folder, link.name)
     if single.is_file():
         files = [single]
     elif index.is_file():

@@ -105,3 +105,12 @@ def test_the_hub_cache_layout_loads(saved_folder, tmp_path, loader):
     expected = load_file(saved_folder / "model.safetensors")
     for name, tensor in expected.items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0, msg=lambda text: f"{name}: {text}")
+
+
+def test_a_symlink_loop_is_a_clear_error(model_folder):
+    (model_folder / "model.safetensors").unlink()
+    os.symlink(model_folder / "loop-b", model_folder / "loop-a")
+    os.symlink(model_folder / "loop-a", model_folder / "loop-b")
+    os.symlink(model_folder / "loop-a", model_folder / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model.safetensors (is a symlink loop|resolves to)"):
+        load_model(model_folder)
