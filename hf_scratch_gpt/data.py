@@ -147,7 +147,9 @@ def _skip_empty_files(files: list[str], source: str) -> list[str]:
 
 def _json_kind(value: Any) -> str:
     """How an error names a JSON value's type: 'an object', 'an array', 'a boolean', 'a number', 'a string'."""
-    kinds = ((bool, "a boolean"), (dict, "an object"), (list, "an array"), ((int, float), "a number"), (str, "a string"))
+    kinds = (
+        (bool, "a boolean"), (dict, "an object"), (list, "an array"), ((int, float), "a number"), (str, "a string")
+    )  # bool first: it is an int
     return next((kind for types, kind in kinds if isinstance(value, types)), type(value).__name__)
 
 

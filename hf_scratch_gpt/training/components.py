@@ -395,7 +395,9 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> 
 
 
 @contextmanager
-def claim_output_dir(output_dir: str | os.PathLike, overwrite: bool = False, is_main_process: bool = True) -> Iterator[None]:
+def claim_output_dir(
+    output_dir: str | os.PathLike, overwrite: bool = False, is_main_process: bool = True
+) -> Iterator[None]:
     """For the duration of a run: `check_output_dir`, then hold an exclusive lock on the folder's
     `TRAIN_OUTPUT_MARK` (created if missing, which marks the folder as a train output). A second run into the same
     folder fails at once with `OutputDirInUseError` naming the process that holds it. The kernel releases the lock

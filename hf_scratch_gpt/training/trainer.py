@@ -365,7 +365,8 @@ class ScratchTrainingArguments(TrainingArguments):
 
     output_dir: str | None = field(
         default=None,
-        metadata={"help": "Where checkpoints, the final model, metrics.json and loss.png go (required).", "required": True},
+        metadata={"help": "Where checkpoints, the final model, metrics.json and loss.png go (required).",
+                  "required": True},  # HfArgumentParser hands `required` to argparse
     )
     overwrite_output_dir: bool = field(
         default=False,
