@@ -184,6 +184,83 @@ def _add_convert_openai(subparsers) -> None:
     parser.set_defaults(handler=_convert_openai)
 
 
+# `convert --from`: OpenAI's TF checkpoints and the peer projects' files (hf_scratch_gpt.convert.CONVERTERS).
+CONVERT_FORMATS = ("openai", "nanogpt", "llmc", "lfs")
+# `export --to` (hf_scratch_gpt.export.EXPORT_FORMATS) and the GGUF tensor types.
+EXPORT_FORMATS = ("gpt2", "onnx", "gguf")
+GGUF_TYPES = ("f32", "f16", "q8_0")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    if args.source_format != "lfs" and args.n_head is not None:
+        raise ValueError(f"--n-head is read from the file for --from {args.source_format}; it is only for --from lfs")
+    if args.source_format == "openai":
+        if args.tokenizer is not None:
+            raise ValueError("--tokenizer is not used with --from openai: the checkpoint folder holds its tokenizer")
+        return _convert_openai(argparse.Namespace(ckpt_dir=args.src, out_dir=args.out, **{
+            name: getattr(args, name) for name in ("dtype", "max_shard_size", "overwrite", "no_verify")
+        }))
+    if args.no_verify or args.max_shard_size != "5GB":
+        raise ValueError(f"--no-verify and --max-shard-size are for --from openai only, not --from {args.source_format}")
+    from hf_scratch_gpt.convert import CONVERTERS
+
+    extra = {}
+    if args.source_format == "lfs":
+        if args.n_head is None:
+            raise ValueError("--from lfs needs --n-head N: the book's state dict does not record the head count")
+        extra["n_head"] = args.n_head
+    report = CONVERTERS[args.source_format](
+        args.src, args.out, tokenizer=args.tokenizer, dtype=args.dtype, overwrite=args.overwrite,
+        command=" ".join([PROG, *sys.argv[1:]]), **extra,
+    )
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def _add_convert(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert a checkpoint of OpenAI, nanoGPT, llm.c or the LLMs-from-scratch book into a "
+        "checked from_pretrained folder"
+    )
+    parser.add_argument("src", help="openai: the checkpoint folder; nanogpt: ckpt.pt; llmc: model.bin; lfs: model.pth")
+    parser.add_argument("out")
+    parser.add_argument("--from", dest="source_format", choices=CONVERT_FORMATS, required=True)
+    parser.add_argument("--tokenizer", default=None,
+                        help="nanogpt/llmc/lfs: a GPT-2 BPE folder (vocab.json + merges.txt, or tokenizer.json), or "
+                        "nanoGPT's meta.pkl (read without running code); without it no tokenizer is written")
+    parser.add_argument("--n-head", type=int, default=None, help="lfs: attention heads per block (not in the file)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--max-shard-size", default="5GB", help="openai: larger outputs are sharded (2GB, 500MB)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT the converter wrote")
+    parser.add_argument("--no-verify", action="store_true", help="openai: skip the logits check")
+    parser.set_defaults(handler=_convert)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from hf_scratch_gpt.export import export_model
+
+    options = {"overwrite": args.overwrite}
+    if args.to == "gguf":
+        options["dtype"] = args.gguf_type
+    elif args.gguf_type != "f32":
+        raise ValueError(f"--gguf-type is for --to gguf only, not --to {args.to}")
+    report = export_model(args.model, args.out, args.to, **options)
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def _add_export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export a saved folder to plain transformers GPT-2, ONNX or GGUF (llama.cpp), checked there"
+    )
+    parser.add_argument("model", help="a saved ScratchGPT folder")
+    parser.add_argument("out", help="gpt2: a folder; onnx: a folder; gguf: a .gguf file")
+    parser.add_argument("--to", choices=EXPORT_FORMATS, required=True)
+    parser.add_argument("--gguf-type", choices=GGUF_TYPES, default="f32", help="gguf: the tensor type")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT an export wrote")
+    parser.set_defaults(handler=_export)
+
+
 def _train(args: argparse.Namespace) -> int:
     if args.loop == "accelerate":
         from hf_scratch_gpt.training.loop import loop_from_argv as run
@@ -419,7 +496,10 @@ def _add_push(subparsers) -> None:
 
 
 # One entry per subcommand: a function that adds its parser (and sets `handler`).
-SUBCOMMANDS: list[Callable] = [_add_smoke, _add_download_openai, _add_convert_openai, _add_train, _add_evaluate, _add_demo, _add_generate, _add_card, _add_push]
+SUBCOMMANDS: list[Callable] = [
+    _add_smoke, _add_download_openai, _add_convert_openai, _add_convert, _add_export, _add_train, _add_evaluate,
+    _add_demo, _add_generate, _add_card, _add_push,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
