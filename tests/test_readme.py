@@ -1,5 +1,6 @@
-"""Every fenced ```bash and ```python block of README.md, run the way a user runs it: from the repository root,
-after `make demo` (issue 13.1: the README's commands used a `runs/demo/model` folder the demo never writes).
+"""Every fenced ```bash and ```python block of README.md and of the guides in docs/, run the way a user runs it:
+from the repository root, after `make demo`, README first and then the guides in the order of DOCS (a guide's
+command may use what an earlier file's command wrote, e.g. docs/converting.md uses README's converted GPT-2).
 
 The stand-in for the repository root is a temporary folder with README.md and examples/ linked in, benchmarks/ copied,
 where `runs/demo` comes from a small `hf-scratch-gpt demo` run (the substitution for `make demo` below). Commands
@@ -7,9 +8,10 @@ and snippets run verbatim, except:
 - NOT_RUN: what needs the network or a GPU, or is this test suite itself, each with the reason;
 - REDUCED: long runs, replaced by the same command with fewer steps or a smaller model;
 - PYTHON_SUBSTITUTIONS: the Hub repo id in Python snippets, replaced by a local folder holding what a push uploads;
-- STAND_INS: inputs a skipped step would have produced (the downloaded OpenAI checkpoint, a GPT-2 folder).
-Each table entry must appear in the README: a stale entry fails `test_tables_match_the_readme`, so neither the
-README nor the tables can drift unnoticed. A command this file does not know how to run fails.
+- STAND_INS: inputs a skipped step would have produced, or a user brings (the downloaded OpenAI checkpoint, a GPT-2
+  folder, a text file, nanoGPT checkpoints).
+Each table entry must appear in README.md or a guide: a stale entry fails `test_tables_match_the_readme`, so neither
+the docs nor the tables can drift unnoticed. A command this file does not know how to run fails.
 """
 
 import json
@@ -27,6 +29,9 @@ from helpers import GPT2_SHAPES, free_port, launch_temp, random_gpt2
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# README first, then the guides; training before scale-out and evaluation, converting after README's conversion.
+DOCS = [README] + [ROOT / "docs" / f"{name}.md" for name in (
+    "model", "training", "scale-out", "evaluation", "generation", "hub", "converting", "guarantees", "performance")]
 LINKED = ("README.md", "examples")  # what README commands read from the repository root
 # Copied, not linked: scripts there write their results under the root above them (runs/benchmarks/gpu_check.json),
 # which must be the stand-in root, not the repository.
@@ -46,6 +51,15 @@ NOT_RUN = {
     "hf-scratch-gpt push runs/demo you/my-gpt --private": "network: uploads to the Hugging Face Hub",
     "hf-scratch-gpt download-openai 124M runs/gpt2-124M-tf":
         "network: downloads OpenAI's checkpoint (STAND_INS has one)",
+    "hf-scratch-gpt convert path/to/gpt2_124M.bin runs/llmc-124M --from llmc --tokenizer runs/gpt2-124M":
+        "covered by tests/convert (llm.c's model.bin written as train_gpt2.py writes it)",
+    "hf-scratch-gpt convert path/to/model.pth runs/book-124M --from lfs --n-head 12":
+        "covered by tests/convert (the book's GPTModel state dict)",
+    "python benchmarks/data_pipeline.py --sizes-mb 100 1000 --train-steps 20":
+        "benchmark: generates and tokenizes 1.1 GB of text, several minutes",
+    "python benchmarks/data_memory_stages.py --size-mb 1000": "benchmark: tokenizes 1 GB of text, several minutes",
+    "python benchmarks/convert_openai.py --size 124M --size 1558M":
+        "benchmark: writes and converts a 5.8 GiB synthetic checkpoint",
 }
 
 # README command → what runs instead (the same program and arguments, with fewer steps / a smaller model).
@@ -59,6 +73,13 @@ REDUCED = {
         f"hf-scratch-gpt train --output_dir runs/x --preset tiny --config_overrides {SMALL_MODEL} --dataset pydoc "
         "--max_steps 2 --eval_strategy steps --eval_steps 2 --gradient_accumulation_steps 2 "
         "--tokenizer_vocab_size 300 --per_device_eval_batch_size 64",
+    "hf-scratch-gpt train --output_dir runs/mine --dataset my_text.txt --preset tiny --max_steps 1000":
+        f"hf-scratch-gpt train --output_dir runs/mine --dataset my_text.txt --preset tiny --max_steps 2 "
+        f"--config_overrides {SMALL_MODEL} --tokenizer_vocab_size 300 --per_device_eval_batch_size 64",
+    "hf-scratch-gpt train --model_name_or_path runs/demo --dataset examples/pairs.jsonl --prompt_column prompt "
+    "--output_dir runs/demo-ft":
+        "hf-scratch-gpt train --model_name_or_path runs/demo --dataset examples/pairs.jsonl --prompt_column prompt "
+        "--output_dir runs/demo-ft --max_steps 2",
     "hf-scratch-gpt train --model_name_or_path runs/x --dataset examples/pairs.jsonl --prompt_column prompt "
     "--output_dir runs/ft":
         "hf-scratch-gpt train --model_name_or_path runs/x --dataset examples/pairs.jsonl --prompt_column prompt "
@@ -79,17 +100,25 @@ STAND_INS = {
     "path/to/gpt2-folder": "a random GPT2LMHeadModel saved in transformers format",
     "runs/gpt2-124M-tf": "a tiny checkpoint in OpenAI's exact TF layout (tests/openai/openai_checkpoints.py)",
     "hub/you/my-gpt": "the files `push` would upload from runs/demo, with a model card",
+    "my_text.txt": "paragraphs of the pydoc topics (a user's own text)",
+    "path/to/out-shakespeare-char/ckpt.pt": "a tiny nanoGPT checkpoint over shakespeare_char's 65 characters",
+    "path/to/meta.pkl": "shakespeare_char's meta.pkl, as nanoGPT's prepare.py writes it",
+    "path/to/out/ckpt.pt": "a tiny nanoGPT checkpoint over the stand-in GPT-2 BPE (321 tokens padded to 384)",
 }
 
 
-# ------------------------------------------------------------------------------------------------- reading README
-def readme_blocks() -> list[tuple[str, int, str]]:
-    """(language, line number, body) of every fenced block of README.md, in order."""
-    text = README.read_text(encoding="utf-8")
+# --------------------------------------------------------------------------------------------- reading the docs
+def doc_name(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def doc_blocks(path: Path) -> list[tuple[str, str, int, str]]:
+    """(file, language, line number, body) of every fenced block of one Markdown file, in order."""
+    text = path.read_text(encoding="utf-8")
     blocks = []
     for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, flags=re.M | re.S):
         line = text.count("\n", 0, match.start()) + 1
-        blocks.append((match.group(1), line, match.group(2)))
+        blocks.append((doc_name(path), match.group(1), line, match.group(2)))
     return blocks
 
 
@@ -107,24 +136,34 @@ def key(command: str) -> str:
     return shlex.join(shlex.split(command))
 
 
-BLOCKS = readme_blocks()
+BLOCKS = [block for path in DOCS for block in doc_blocks(path)]
 RUN_BY_THE_WORKSPACE = {"make demo"}  # the workspace fixture runs it first (every other command needs runs/demo)
 NOT_RUN = {key(command): reason for command, reason in NOT_RUN.items()}
 REDUCED = {key(command): replacement for command, replacement in REDUCED.items()}
 
 
+def test_docs_are_the_files_in_docs():
+    """Every guide in docs/ is run (a new one must be added to DOCS, in an order where its inputs exist)."""
+    assert sorted(DOCS[1:]) == sorted((ROOT / "docs").glob("*.md"))
+
+
 def test_readme_has_only_bash_and_python_blocks():
-    assert {language for language, _, _ in BLOCKS} <= {"bash", "python"}, "add a runner for the new block kind"
+    assert {language for _, language, _, _ in BLOCKS} <= {"bash", "python"}, "add a runner for the new block kind"
 
 
 def test_tables_match_the_readme():
-    commands = {command for language, _, body in BLOCKS if language == "bash" for command in shell_commands(body)}
-    assert not set(NOT_RUN) - commands, f"NOT_RUN lists commands the README no longer has: {set(NOT_RUN) - commands}"
-    assert not set(REDUCED) - commands, f"REDUCED lists commands the README no longer has: {set(REDUCED) - commands}"
-    python = "\n".join(body for language, _, body in BLOCKS if language == "python")
-    assert all(old in python for old in PYTHON_SUBSTITUTIONS), "a Python substitution no longer matches the README"
-    readme = README.read_text(encoding="utf-8")
-    assert all(path.split("/")[-1] in readme for path in STAND_INS)
+    """The tables name only commands, snippets and inputs that README.md or a guide still has."""
+    commands = {command for _, language, _, body in BLOCKS if language == "bash" for command in shell_commands(body)}
+    assert not set(NOT_RUN) - commands, f"NOT_RUN lists commands the docs no longer have: {set(NOT_RUN) - commands}"
+    assert not set(REDUCED) - commands, f"REDUCED lists commands the docs no longer have: {set(REDUCED) - commands}"
+    python = "\n".join(body for _, language, _, body in BLOCKS if language == "python")
+    assert all(old in python for old in PYTHON_SUBSTITUTIONS), "a Python substitution no longer matches the docs"
+    text = "\n".join(path.read_text(encoding="utf-8") for path in DOCS)
+    assert all(path.split("/")[-1] in text for path in STAND_INS)
+
+
+def test_readme_is_short():
+    assert len(README.read_bytes()) <= 16_000, "README.md is for users: move details into a guide in docs/"
 
 
 # Programs the README runs by their bare name: console scripts of the virtual environment `make` creates.
@@ -139,12 +178,17 @@ def test_readme_says_how_to_activate_the_venv_before_any_bare_command():
     activate = f"`. {venv}/bin/activate`"
     assert activate in readme, f"the README never says {activate}"
     activate_line = readme.count("\n", 0, readme.index(activate)) + 1
-    programs = [(line, shlex.split(command)[0]) for language, line, body in BLOCKS if language == "bash"
+    programs = [(name, line, shlex.split(command)[0]) for name, language, line, body in BLOCKS if language == "bash"
                 for command in shell_commands(body)]  # fmt: skip
-    bare = [line for line, program in programs if program in VENV_PROGRAMS]
+    bare = [line for name, line, program in programs if name == "README.md" and program in VENV_PROGRAMS]
     assert bare and activate_line < min(bare), (activate_line, bare)
-    for line, program in programs:
-        assert program == "make" or program.startswith(f"{venv}/bin/") or program in VENV_PROGRAMS, (line, program)
+    for name, line, program in programs:
+        venv_program = program == "make" or program.startswith(f"{venv}/bin/") or program in VENV_PROGRAMS
+        assert venv_program, (name, line, program)
+    for path in DOCS[1:]:  # a guide relies on README's activation, and says so before its first command
+        text = path.read_text(encoding="utf-8")
+        if "```" in text:
+            assert "activated `.venv`" in text[: text.index("```")], doc_name(path)
     interpreter_bin = Path(sys.executable).parent  # the venv the tests run in has each program the README names
     assert all((interpreter_bin / program).exists() for program in VENV_PROGRAMS), interpreter_bin
 
@@ -176,7 +220,7 @@ def run_subprocess(argv: list[str], workspace: Path) -> str:
 
 OUTPUTS: dict[str, str] = {}  # README command → what the CLI printed (read by the tests after the block tests)
 BEFORE_COMMANDS: dict[str, str] = {}  # the stand-in root's files outside runs/, before the README's commands ran
-BLOCKS_DONE: set[int] = set()  # line numbers of the blocks test_readme_block_runs ran (or skipped: no TensorFlow)
+BLOCKS_DONE: set[tuple[str, int]] = set()  # (file, line) of the blocks test_readme_block_runs ran (or skipped)
 NOT_THE_COMMANDS = {"runs", "__pycache__", ".modules"}  # runs/ may change; the others are Python's and this test's
 
 
@@ -214,7 +258,7 @@ def run_command(command: str, workspace: Path, monkeypatch, capsys=None) -> None
     elif program == "torchrun":
         run_subprocess([sys.executable, "-m", "torch.distributed.run", *args], workspace)
     else:
-        pytest.fail(f"README command {command!r}: no runner for {program!r}; run it, or list it in NOT_RUN/REDUCED")
+        pytest.fail(f"docs command {command!r}: no runner for {program!r}; run it, or list it in NOT_RUN/REDUCED")
 
 
 def run_python(body: str, workspace: Path) -> str:
@@ -253,6 +297,7 @@ def workspace(tmp_path_factory, one_thread):
         pass  # the conversion blocks are skipped below
     finally:
         sys.path.remove(str(ROOT / "tests" / "openai"))
+    write_text_and_nanogpt_stand_ins(root)
     with pytest.MonkeyPatch.context() as monkeypatch:
         run_command("make demo", root, monkeypatch)
     from hf_scratch_gpt.hub import plan_upload, write_model_card
@@ -268,17 +313,35 @@ def workspace(tmp_path_factory, one_thread):
     return root
 
 
+def write_text_and_nanogpt_stand_ins(root: Path) -> None:
+    """my_text.txt (paragraphs, as a user's .txt has them) and nanoGPT's files, written as nanoGPT writes them."""
+    from pydoc_data.topics import topics
+
+    (root / "my_text.txt").write_text("\n\n".join(topics[name] for name in sorted(topics)[:40]), encoding="utf-8")
+    sys.path.insert(0, str(ROOT / "tests" / "convert"))
+    try:
+        from peer_models import NanoConfig, NanoGPT, randomize, save_nanogpt_checkpoint, write_meta_pkl
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "convert"))
+    shape = {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16}
+    write_meta_pkl(root / "path" / "to" / "meta.pkl")
+    char_model = randomize(NanoGPT(NanoConfig(vocab_size=65, **shape)), seed=0)
+    save_nanogpt_checkpoint(char_model, root / "path" / "to" / "out-shakespeare-char" / "ckpt.pt")
+    bpe_model = randomize(NanoGPT(NanoConfig(vocab_size=384, bias=True)), seed=1)  # as tests/convert's nano_bpe
+    save_nanogpt_checkpoint(bpe_model, root / "path" / "to" / "out" / "ckpt.pt")
+
+
 def block_id(block) -> str:
-    language, line, body = block
+    name, language, line, body = block
     first = next((text for text in body.splitlines() if text.strip() and not text.startswith("#")), "")
-    return f"{language}@{line}:{first[:40]}"
+    return f"{name}@{line}:{language}:{first[:40]}"
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[block_id(block) for block in BLOCKS])
 def test_readme_block_runs(block, workspace, monkeypatch, capsys):
-    language, line, body = block
-    if "gpt2-124M-tf" in body and not (workspace / "runs" / "gpt2-124M-tf").is_dir():
-        BLOCKS_DONE.add(line)
+    name, language, line, body = block
+    if "gpt2-124M" in body and not (workspace / "runs" / "gpt2-124M-tf").is_dir():
+        BLOCKS_DONE.add((name, line))
         pytest.skip("the conversion needs TensorFlow (the `convert` extra)")
     if language == "python":
         run_python(body, workspace)
@@ -286,7 +349,7 @@ def test_readme_block_runs(block, workspace, monkeypatch, capsys):
         for command in shell_commands(body):
             if key(command) not in NOT_RUN and key(command) not in RUN_BY_THE_WORKSPACE:
                 run_command(command, workspace, monkeypatch, capsys)
-    BLOCKS_DONE.add(line)
+    BLOCKS_DONE.add((name, line))
 
 
 def test_readme_commands_write_only_under_runs(workspace):
