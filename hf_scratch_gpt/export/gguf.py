@@ -19,14 +19,24 @@ What llama.cpp's gpt2 cannot carry is refused: an activation other than GELU's t
 always applies GELU-tanh), and a tokenizer that is not GPT-2's byte-level BPE (or none: llama.cpp's gpt2 vocabulary
 needs tokens and merges).
 
-The check, before the file is published: `gguf.GGUFReader` reads every tensor back bit for bit and every metadata
-value; then llama.cpp (llama-cpp-python, in a child process) loads the file, tokenizes the check text as the
-source tokenizer does, and evaluates the check prompt. Its logits are held to a float64 evaluation of the file's
-own weights computed as ggml computes (`ggml_reference`): that accounts for what the format and ggml round (F16 /
-Q8_0 weights, the F16 / Q8_0 activations ggml multiplies them with, ggml's GELU lookup table in F16), so llama.cpp
-must agree with it to float32 rounding for every type. The difference to ScratchGPT's own float32 logits is
-reported (`max_abs_diff`); it is that rounding, which the reference measures (`format_error`). The figures are
-written into the published file's metadata (`hf_scratch_gpt.export.*`, `general.description`).
+The check, before the file is published: every tensor holds its ScratchGPT tensor's values up to its type's own
+rounding (F32 bit for bit), and `gguf.GGUFReader` reads every tensor and metadata value back exactly. Then
+llama.cpp (llama-cpp-python, in a child process) loads the file, tokenizes the check text as the source tokenizer
+does, and evaluates the check prompt.
+
+llama.cpp does not compute the model's float32 function, even from an F32 file: its CPU GELU is an F16 lookup
+table, and products with F16/Q8_0 weights round their activations to F16/Q8_0 (`ggml_reference`). So its logits
+are compared with a float64 evaluation of the file's own weights with exactly those roundings, whose distance to
+the exact model is the format's own error (`format_error`, measured for this model and prompt). The two cannot
+agree to float32 rounding: both round at the same places, but a value within float32 rounding of a rounding
+boundary (of an F16, of a Q8_0 step) lands on one side in llama.cpp and on the other in the reference, and past the
+first such value their roundings are independent. Measured (2 to 6 layers, widths 64 to 512, f32/f16/q8_0):
+llama.cpp lies within 0.0 to 0.4 x `format_error` of the reference (exactly, to 5e-7, where no value met a
+boundary), and ~1.0 x from the reference with an exact GELU instead of the table. It is held to
+`GGML_AGREEMENT` x `format_error` + float32 rounding (independent rounding noise of one size differs by about
+sqrt(2) of it); a wrong tensor, layout or hyperparameter gives errors of the order of the logits. Its difference to
+ScratchGPT's float32 logits (`max_abs_diff`) is then at most 3 x `format_error` + float32 rounding. The figures
+are written into the published file's metadata (`hf_scratch_gpt.export.*`, `general.description`).
 """
 
 from __future__ import annotations
@@ -72,6 +82,8 @@ TOKENIZER_MODEL = "gpt2"
 TOKENIZER_PRE = "gpt-2"
 KEY_PREFIX = "hf_scratch_gpt.export."
 GGUF_MAGIC = b"GGUF"
+# llama.cpp is held to this many times the format's own error from the ggml reference (see the module docstring).
+GGML_AGREEMENT = 2.0
 # What ggml does to the activations of a product with each type of weight (see ggml_reference).
 rounded_activations = {"f32": "", "f16": ", activations rounded to F16", "q8_0": ", activations quantized to Q8_0"}
 LLAMA_CHECK_TIMEOUT_S = 600
@@ -384,15 +396,26 @@ def read_back(path: Path, tensors: list[PlannedTensor], values: dict[str, Any], 
 # llama.cpp
 # ---------------------------------------------------------------------------------------------------------------------
 # Run in a new process (a crash in native code cannot take the caller with it): arguments GGUF, IDS (JSON), TEXT,
-# LOGITS_OUT. KV cache in F32 (type_k/type_v = GGML_TYPE_F32) and no flash attention: the only roundings left are
-# the file's and ggml's own, which `ggml_reference` reproduces.
+# LOGITS_OUT, N_CTX. KV cache in F32 (type_k/type_v = GGML_TYPE_F32) and no flash attention: the only roundings
+# left are the file's and ggml's own, which `ggml_reference` reproduces. ggml's generic CPU kernels: the extra buffer
+# types (weight repacking, AMX) are off, as llama.cpp's `--no-repack` does; llama-cpp-python 0.3.36 built for an
+# AMX-INT8 Xeon crashes (general protection fault in its AMX Q8_0 product) on any prompt longer than one token.
 LLAMA_CPP_CHECK = textwrap.dedent(
     """
     import json, sys
     import numpy as np
     import llama_cpp
+    import llama_cpp.llama_cpp as bindings
     from llama_cpp import Llama
 
+    default_model_params = bindings.llama_model_default_params
+
+    def generic_kernels_params():
+        params = default_model_params()
+        params.use_extra_bufts = False
+        return params
+
+    bindings.llama_model_default_params = generic_kernels_params
     path, ids, text, logits_out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
     GGML_TYPE_F32 = 0
     llm = Llama(
@@ -401,8 +424,10 @@ LLAMA_CPP_CHECK = textwrap.dedent(
     )
     llm.eval(ids)
     np.save(logits_out, np.array(llm.scores[: len(ids)], dtype=np.float32))
-    facts = {"llama_cpp_python": llama_cpp.__version__, "n_vocab": llm.n_vocab(), "n_ctx_train": llm.n_ctx_train(),
-             "n_embd": llm.n_embd(), "architecture": llm.metadata.get("general.architecture")}
+    facts = {"llama_cpp_python": llama_cpp.__version__, "n_vocab": llm.n_vocab(), "n_embd": llm.n_embd(),
+             "n_ctx_train": int(llm.metadata["gpt2.context_length"]),
+             "architecture": llm.metadata.get("general.architecture"),
+             "extra_buffer_types": bool(llm.model_params.use_extra_bufts)}
     if text:
         facts["text_ids"] = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
         facts["detokenized"] = llm.detokenize(facts["text_ids"]).decode("utf-8", "replace")
@@ -487,7 +512,6 @@ def export_gguf(
     reference = reference_logits(model, prompt)
     ggml = ggml_reference_logits(model, {t.source: (dequantized(gguf, t), t.qtype) for t in tensors}, prompt)
     format_error = max_abs(ggml, reference.float64, reference.valid)
-    bound = reference.float32_bound()
     with tempfile.TemporaryDirectory(prefix="gguf-export-") as scratch:
         checked = Path(scratch) / "checked.gguf"
         write_gguf(checked, tensors, values, {})
@@ -506,35 +530,45 @@ def export_gguf(
                     f"llama.cpp reads the GGUF's vocabulary, context and width as {sizes}, expected "
                     f"{(config.vocab_size, config.n_positions, config.n_embd)}"
                 )
-            runtime = f"llama.cpp (llama-cpp-python {facts['llama_cpp_python']}, CPU, F32 KV cache)"
+            if facts["extra_buffer_types"]:
+                raise ValueError("llama.cpp ran with its extra buffer types on; the check needs its generic kernels")
+            runtime = (
+                f"llama.cpp (llama-cpp-python {facts['llama_cpp_python']}, CPU, generic kernels as --no-repack, "
+                "F32 KV cache)"
+            )
             checks.append(f"llama.cpp tokenizes the check text to the model tokenizer's {len(expected_text_ids)} ids")
             exported = logits
         else:
             runtime = "llama.cpp not run (llama_cpp=False): gguf.GGUFReader and the float64 ggml reference only"
             exported = ggml.to(torch.float32)
         fidelity = max_abs(exported, ggml, reference.valid)
-        if not fidelity <= bound:
+        float32_bound = reference.float32_bound()
+        agreement = GGML_AGREEMENT * format_error + float32_bound
+        if not fidelity <= agreement:
             raise ValueError(
-                f"llama.cpp's logits differ from the float64 evaluation of the GGUF's own weights by up to "
-                f"{fidelity:.4g}, more than float32 rounding ({bound:.4g}: {float32_rule()}); the file does not "
-                "compute the model. Nothing was written."
+                f"llama.cpp's logits differ from the float64 evaluation of the GGUF's own weights with ggml's "
+                f"roundings by up to {fidelity:.4g}, more than {GGML_AGREEMENT:g} x the format's own error ({format_error:.4g}) "
+                f"+ float32 rounding ({float32_bound:.4g}); llama.cpp does not compute this model from the file. "
+                "Nothing was written."
             )
         if llama_cpp:
             checks.append(
-                f"llama.cpp's logits agree with a float64 evaluation of the file's own weights, computed as ggml does "
-                f"(max |Δ| {fidelity:.3g} <= {bound:.3g}, float32 rounding)"
+                f"llama.cpp's logits lie within {fidelity:.3g} of a float64 evaluation of the file's weights with "
+                f"ggml's roundings (<= {GGML_AGREEMENT:g} x its distance {format_error:.3g} to the exact model "
+                f"+ float32 rounding {float32_bound:.3g})"
             )
         figures = {
             "max_abs_diff": max_abs(exported, reference.float32, reference.valid),
             "max_abs_error": max_abs(exported, reference.float64, reference.valid),
             "source_error": reference.source_error,
-            "bound": bound + format_error,
+            "bound": agreement + format_error,
             "bound_rule": (
-                f"the format's own rounding measured by the float64 ggml reference ({format_error:.3g}: {dtype} "
-                f"weights, ggml's F16 GELU table{rounded_activations[dtype]}) + {float32_rule()}"
+                f"{GGML_AGREEMENT + 1:g} x the format's own error measured by the float64 ggml reference "
+                f"({format_error:.3g}: {dtype} weights, ggml's F16 GELU table{rounded_activations[dtype]}) + "
+                f"{float32_rule()}"
             ),
         }
-        if not figures["max_abs_error"] <= figures["bound"]:  # implied by the two checks above; kept as a guard
+        if not figures["max_abs_error"] <= figures["bound"]:  # implied by the check above; kept as a guard
             raise ValueError(f"the GGUF's logits differ from the model's by {figures['max_abs_error']:.4g}: {figures}")
         not_carried = [
             "float32 activations throughout: llama.cpp's CPU GELU reads an F16 table (input and output rounded to "

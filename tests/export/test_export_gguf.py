@@ -235,3 +235,57 @@ def test_a_weight_in_the_wrong_layout_is_refused(tmp_path, tiny_folder, monkeypa
     with pytest.raises(ValueError, match="does not hold transformer.h.1.attn.c_proj.weight's values"):
         export_gguf(folder, tmp_path / "m.gguf", dtype=dtype, llama_cpp=False)
     assert list(tmp_path.iterdir()) == []
+
+
+NO_LLAMA_CPP = "llama-cpp-python is not installed (pip install 'hf-scratch-gpt[export-llama]')"
+
+
+# llama.cpp itself. llama-cpp-python compiles llama.cpp when it installs (tens of minutes on two cores), so it is
+# not in the test extras: these run with `-m slow` where it is installed, and are skipped (saying so) elsewhere.
+@pytest.fixture(scope="module")
+def llama_cpp_reports(tiny_folder, untied_folder, tmp_path_factory):
+    pytest.importorskip("llama_cpp", reason=NO_LLAMA_CPP)
+    root = tmp_path_factory.mktemp("llama")
+    reports = {}
+    for name, folder in (("tiny", tiny_folder[0]), ("untied", untied_folder[0])):
+        for dtype in gguf_export.GGUF_DTYPES:
+            reports[name, dtype] = export_gguf(folder, root / f"{name}-{dtype}.gguf", dtype=dtype)
+    return reports
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny", "untied"])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
+def test_llama_cpp_runs_the_file_as_ggml_computes_it(llama_cpp_reports, model, dtype):
+    report = llama_cpp_reports[model, dtype]
+    assert report.runtime.startswith("llama.cpp (llama-cpp-python ")
+    assert any("llama.cpp tokenizes the check text" in check for check in report.checks)
+    fidelity, format_error = report.details["llama_cpp_fidelity"], report.details["format_error"]
+    float32 = 8 * max(report.source_error, 2.0**-23 * report.details["largest_logit"])
+    assert fidelity <= gguf_export.GGML_AGREEMENT * format_error + float32
+    # llama.cpp is nearer the reference with ggml's F16 GELU table than the exact model is (measured 0.0-0.25 of
+    # the way on these two-layer models; ~1.0 against a reference with an exact GELU).
+    assert fidelity < 0.6 * format_error
+    assert report.max_abs_error <= report.bound
+    # The stated bounds on |llama.cpp − ScratchGPT float32| / largest logit, for these random models (measured:
+    # f32 3.7e-4-4.8e-4, f16 2.1e-3-2.2e-3, q8_0 4.6e-2-4.9e-2; a briefly trained 4-layer model: 5e-5, 3e-4, 1.2e-2).
+    relative = report.max_abs_diff / report.details["largest_logit"]
+    assert relative <= {"f32": 1e-3, "f16": 5e-3, "q8_0": 1e-1}[dtype], relative
+
+
+@pytest.mark.slow
+def test_llama_cpp_refuses_a_file_with_a_wrong_hyperparameter(tmp_path, tiny_folder, monkeypatch):
+    """A GGUF whose layer-norm epsilon is off reads back as written but does not compute the model in llama.cpp."""
+    pytest.importorskip("llama_cpp", reason=NO_LLAMA_CPP)
+    folder, _, _ = tiny_folder
+    real = gguf_export.metadata
+
+    def wrong_epsilon(*args):
+        values = real(*args)
+        values[f"{ARCH}.attention.layer_norm_epsilon"] = 1e-2
+        return values
+
+    monkeypatch.setattr(gguf_export, "metadata", wrong_epsilon)
+    with pytest.raises(ValueError, match="llama.cpp does not compute this model"):
+        export_gguf(folder, tmp_path / "m.gguf")
+    assert list(tmp_path.iterdir()) == []
