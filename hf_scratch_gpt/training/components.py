@@ -1,5 +1,6 @@
 """What both training paths (Trainer and the Accelerate loop) share: argument dataclasses (run_clm's shape),
-tokenizer / model / dataset construction, atomic checkpoint directories and the non-finite-loss error."""
+tokenizer / model / dataset construction, the output folder's claim, resume and the non-finite-loss error.
+Staged publishing of checkpoints and the final model is `final_save.py`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,11 +35,11 @@ from ..data import (
 )
 from ..loading import check_tokenizer_files, load_model
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
+from .final_save import STAGING_PREFIX, publish_directory, remove_stale_staging  # noqa: F401 (their former home)
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")  # the same names transformers' Trainer uses
-STAGING_PREFIX = ".incomplete-"  # never matches CHECKPOINT_PATTERN, so a half-written checkpoint is never picked
 
 
 @dataclass
@@ -476,35 +476,3 @@ def resolve_resume(resume: str | bool | None, output_dir: str | os.PathLike) -> 
     if not Path(resume).is_dir():
         raise FileNotFoundError(f"checkpoint {resume!r} does not exist")
     return str(resume)
-
-
-def remove_stale_staging(output_dir: str | os.PathLike) -> None:
-    """Delete staging folders left by a run that was killed while saving (they were never complete)."""
-    if Path(output_dir).is_dir():
-        for entry in Path(output_dir).iterdir():
-            if entry.is_dir() and entry.name.startswith(STAGING_PREFIX):
-                logger.warning("removing incomplete checkpoint %s left by an interrupted save", entry)
-                shutil.rmtree(entry, ignore_errors=True)
-
-
-def publish_directory(staging: Path, final: Path, required: Sequence[str] = ()) -> None:
-    """Move a completely written folder to its final name in one rename (atomic on one filesystem).
-
-    `required`: files the folder must hold (e.g. its weights); without one of them it is not published
-    (`FileNotFoundError`), so a `checkpoint-N` that resume would pick is never an incomplete one."""
-    missing = [name for name in required if not (staging / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{staging} lacks {missing}: it is not published as {final}")
-    if final.exists():  # saving the same step again: move the old one aside first, then swap
-        retired = final.with_name(f"{STAGING_PREFIX}retired-{final.name}")
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(final, retired)
-        os.replace(staging, final)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # make the rename itself durable
-    finally:
-        os.close(fd)

@@ -1,44 +1,93 @@
-"""The final save of `train` (model, config, code, tokenizer, metrics.json, loss.png) into `output_dir`, crash-safe.
+"""Staged publishing, the one way `train` writes a checkpoint or its final model: everything is written into a
+staging folder (`.incomplete-NAME`, never picked by a resume and deleted at the next start), its files are made
+durable, and one rename publishes it. A run killed at any moment leaves either the previous folder or the new, complete
+one; never a half-written `checkpoint-N` or truncated weights next to a new config.
 
-`output_dir` also holds the run's checkpoints, so it cannot itself be swapped by one rename. Instead:
-1. everything is written into `output_dir/.incomplete-final` (a kill here leaves the previous final model
-   untouched; the folder is a staging folder, deleted at the next start like an incomplete checkpoint);
-2. that folder is renamed to `output_dir/.complete-final` in one atomic rename: from here on the new model is
-   complete on disk and the save is rolled forward, never back;
-3. its files are moved into `output_dir` one by one (renames, no copies), weight files of the previous model that
-   the new one does not have (e.g. shards when the new model is one file) are deleted, and the folder is removed.
-A kill during step 3 leaves `.complete-final`; `finish_interrupted_final_save` (run at every start of `train`)
-completes the move, and `hf_scratch_gpt.loading.check_model_folder` refuses the folder until then.
+- A checkpoint (`checkpoint-N`) is a folder of its own: `publish_directory` renames the staging folder to it.
+- The final model (model, config, code, tokenizer, metrics.json, loss.png) goes into `output_dir` itself, which also
+  holds the run's checkpoints, so it cannot be swapped by one rename. `publish_final_save` instead
+  1. publishes the staging folder `output_dir/.incomplete-final` as `output_dir/.complete-final` (the commit point,
+     `publish_directory`): from here on the new model is complete on disk and the save is rolled forward, never back;
+  2. moves its files into `output_dir` one by one (renames, no copies), deletes weight files of the previous model
+     that the new one does not have (e.g. shards when the new model is one file), and removes the folder.
+  A kill during step 2 leaves `.complete-final`; `finish_interrupted_final_save` (run at every start of `train`)
+  completes the move, and `hf_scratch_gpt.loading.check_model_folder` refuses the folder until then.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from ..loading import INTERRUPTED_FINAL_SAVE_NAME
-from .components import STAGING_PREFIX
+from ..loading import INTERRUPTED_FINAL_SAVE_NAME, read_json_file
 
 logger = logging.getLogger(__name__)
 
+STAGING_PREFIX = ".incomplete-"  # never matches a checkpoint name, so a half-written checkpoint is never picked
 FINAL_STAGING_NAME = f"{STAGING_PREFIX}final"
 FINAL_READY_NAME = INTERRUPTED_FINAL_SAVE_NAME  # loading.check_model_folder refuses a folder holding it
 # Weight files of a saved model: what must not survive from the previous final model next to the new one.
 WEIGHT_FILE_NAME = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$|^model\.safetensors\.index\.json$")
 
 
-def start_final_save(output_dir: str | os.PathLike) -> Path:
-    """A fresh, empty staging folder inside `output_dir` for the final model and its files."""
-    staging = Path(output_dir) / FINAL_STAGING_NAME
+def start_staging(output_dir: str | os.PathLike, name: str) -> Path:
+    """A fresh, empty staging folder `output_dir/.incomplete-NAME` for what will be published as `name`."""
+    staging = Path(output_dir) / f"{STAGING_PREFIX}{name}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     return staging
+
+
+def publish_directory(staging: Path, final: Path, required: Sequence[str] = ()) -> None:
+    """Move a completely written folder to its final name in one rename (atomic on one filesystem), its files made
+    durable first and the rename after.
+
+    `required`: files the folder must hold (e.g. its weights); without one of them it is not published
+    (`FileNotFoundError`), so a `checkpoint-N` that resume would pick is never an incomplete one."""
+    staging, final = Path(staging), Path(final)
+    missing = [name for name in required if not (staging / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{staging} lacks {missing}: it is not published as {final}")
+    for path in staging.iterdir():  # durable before the commit point (the rename below)
+        if path.is_file():
+            _fsync(path)
+    if final.exists():  # saving the same step again: move the old one aside first, then swap
+        retired = final.with_name(f"{STAGING_PREFIX}retired-{final.name}")
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+    _fsync(final.parent)  # make the rename itself durable
+
+
+def remove_stale_staging(output_dir: str | os.PathLike) -> None:
+    """Delete staging folders left by a run that was killed while saving (they were never complete)."""
+    if Path(output_dir).is_dir():
+        for entry in Path(output_dir).iterdir():
+            if entry.is_dir() and entry.name.startswith(STAGING_PREFIX):
+                logger.warning("removing incomplete checkpoint %s left by an interrupted save", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def prepare_output_dir(output_dir: str | os.PathLike) -> None:
+    """At the start of a run (main process): the folder exists, a final save interrupted after its commit point is
+    completed, and staging folders of saves interrupted before it are deleted."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    finish_interrupted_final_save(output_dir)
+    remove_stale_staging(output_dir)
+
+
+def start_final_save(output_dir: str | os.PathLike) -> Path:
+    """A fresh, empty staging folder inside `output_dir` for the final model and its files."""
+    return start_staging(output_dir, FINAL_STAGING_NAME.removeprefix(STAGING_PREFIX))
 
 
 def check_staged_model(staging: str | os.PathLike) -> None:
@@ -49,8 +98,8 @@ def check_staged_model(staging: str | os.PathLike) -> None:
     index = staging / SAFE_WEIGHTS_INDEX_NAME
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            shards = sorted(set(read_json_file(index)["weight_map"].values()))
+        except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"{index} is not a safetensors index ({error})") from error
         missing += [name for name in shards if not (staging / name).is_file()]
     elif not (staging / SAFE_WEIGHTS_NAME).is_file():
@@ -67,14 +116,10 @@ def publish_final_save(staging: str | os.PathLike, output_dir: str | os.PathLike
     A staged folder without its config or weights is refused (`check_staged_model`) before anything moves."""
     staging, output_dir = Path(staging), Path(output_dir)
     check_staged_model(staging)
-    for path in staging.iterdir():  # durable before the commit point (the rename below)
-        if path.is_file():
-            _fsync(path)
     ready = output_dir / FINAL_READY_NAME
     if ready.exists():  # left by an earlier interrupted move: finish it first, so files are never mixed
         _move_into(ready, output_dir)
-    os.replace(staging, ready)
-    _fsync(output_dir)
+    publish_directory(staging, ready)  # the commit point
     _move_into(ready, output_dir)
 
 
@@ -105,4 +150,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["check_staged_model", "finish_interrupted_final_save", "publish_final_save", "start_final_save"]
+__all__ = [
+    "check_staged_model", "finish_interrupted_final_save", "prepare_output_dir", "publish_directory",
+    "publish_final_save", "remove_stale_staging", "start_final_save", "start_staging",
+]

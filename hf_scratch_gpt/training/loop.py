@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import sys
 from contextlib import contextmanager, nullcontext
 from collections.abc import Callable, Sequence
@@ -44,7 +43,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..evaluation import score_logits
 from .components import (
-    STAGING_PREFIX,
     DataArguments,
     FlagParser,
     ModelArguments,
@@ -59,12 +57,12 @@ from .components import (
     load_and_split,
     non_finite_message,
     progress_bars_on_main_process_only,
-    publish_directory,
     release_process_group,
-    remove_stale_staging,
     resolve_resume,
 )
-from .final_save import finish_interrupted_final_save, publish_final_save, start_final_save
+from .final_save import (
+    STAGING_PREFIX, prepare_output_dir, publish_directory, publish_final_save, start_final_save, start_staging,
+)
 from .fsdp import (
     FSDP_LAYOUT_NAME,
     FSDPOptions,
@@ -196,8 +194,7 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loop
     name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
     staging = output_dir / f"{STAGING_PREFIX}{name}"
     if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)  # before the other processes write their RNG states into it
+        start_staging(output_dir, name)  # before the other processes write their RNG states into it
     accelerator.wait_for_everyone()
     write_state(staging)
     if accelerator.is_main_process:
@@ -288,9 +285,7 @@ def _train_with_accelerate(
         model = build_model(model_args, tokenizer)
         train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, model, documents)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        finish_interrupted_final_save(output_dir)
-        remove_stale_staging(output_dir)
+        prepare_output_dir(output_dir)
     if fsdp_options is not None:
         # Shard before the optimizer exists: it must hold the sharded parameters (DTensors), not the full ones.
         model = shard_model(model.to(accelerator.device), fsdp_options)

@@ -46,7 +46,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..evaluation import load_metric, score_logits
 from .components import (
-    STAGING_PREFIX,
     DataArguments,
     FlagParser,
     ModelArguments,
@@ -61,12 +60,12 @@ from .components import (
     load_and_split,
     non_finite_message,
     progress_bars_on_main_process_only,
-    publish_directory,
     release_process_group,
-    remove_stale_staging,
     resolve_resume,
 )
-from .final_save import FINAL_STAGING_NAME, finish_interrupted_final_save, publish_final_save, start_final_save
+from .final_save import (
+    FINAL_STAGING_NAME, STAGING_PREFIX, prepare_output_dir, publish_directory, publish_final_save, start_final_save,
+)
 from .plots import plot_loss_curves
 from .resume import TRAINER_STATE_NAME, check_trainer_checkpoint
 
@@ -265,8 +264,7 @@ def _train_with_trainer(
         callbacks=[history, *callbacks],
     )
     if trainer.is_world_process_zero():
-        finish_interrupted_final_save(output_dir)
-        remove_stale_staging(output_dir)
+        prepare_output_dir(output_dir)
     resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)
     eval_metrics = trainer.evaluate()
