@@ -11,7 +11,7 @@ NEWEST_VENV ?= .venv-newest
 NEWEST_PY := $(NEWEST_VENV)/bin/python
 # The libraries whose versions a test run prints first (the closing note and README quote them).
 SHOW_VERSIONS = -m pip list --format=freeze --disable-pip-version-check 2>/dev/null | grep -iE \
-	'^(torch|transformers|accelerate|datasets|tokenizers|safetensors|huggingface.hub|evaluate|numpy|tensorflow-cpu)==' \
+	'^(torch|transformers|accelerate|datasets|tokenizers|safetensors|huggingface.hub|evaluate|numpy|tensorflow-cpu|onnx|onnxruntime|gguf)==' \
 	| tr '\n' ' '; echo
 
 .PHONY: demo test test-newest install install-dev clean
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) -e ".[dev,convert]"
+	$(PIP) -e ".[dev,convert,export]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,7 +40,7 @@ test: $(VENV)/.installed-dev
 $(NEWEST_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(NEWEST_VENV)
 	$(NEWEST_PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(NEWEST_PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,convert]" torch==2.13.0
+	$(NEWEST_PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,convert,export]" torch==2.13.0
 	touch $@
 
 test-newest: $(NEWEST_VENV)/.installed
