@@ -31,6 +31,39 @@ def assert_same_bits(actual: dict, expected: dict) -> None:
                            tensor.contiguous().view(torch.int16 if tensor.element_size() == 2 else torch.int32)), name
 
 
+def in_process_plain_check(folder, ids, text):
+    """`run_plain_transformers` in this process (no new interpreter, so hf_scratch_gpt is importable): the same
+    loading, logits and facts, for the tests whose subject is not that isolation (which the module's own export,
+    `test_plain_transformers_user_...` and `test_the_check_refuses_...` exercise)."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    model, info = AutoModelForCausalLM.from_pretrained(
+        folder, trust_remote_code=False, dtype=torch.float32, output_loading_info=True
+    )
+    with torch.no_grad():
+        logits = model.eval()(input_ids=torch.tensor([ids]), use_cache=False).logits
+    facts = {
+        "config_class": type(config).__module__ + "." + type(config).__name__,
+        "model_class": type(model).__module__ + "." + type(model).__name__,
+        "auto_map": getattr(config, "auto_map", None),
+        "loading_info": {key: sorted(map(str, value)) for key, value in info.items()},
+        "transformers": transformers.__version__,
+        "imported": [],
+    }
+    if text:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        facts["tokenizer_class"] = type(tokenizer).__module__ + "." + type(tokenizer).__name__
+        facts["text_ids"] = tokenizer(text, add_special_tokens=False).input_ids
+    return logits, facts
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    monkeypatch.setattr(gpt2_export, "run_plain_transformers", in_process_plain_check)
+
+
 @pytest.fixture(scope="module")
 def exported(tiny_folder, tmp_path_factory):
     folder, model, tokenizer = tiny_folder
@@ -106,7 +139,7 @@ def test_the_check_refuses_a_folder_that_needs_hf_scratch_gpt(tiny_folder):
 
 
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
-def test_untied_head_padded_vocabulary_and_other_activations(tmp_path, tokenizer, activation):
+def test_untied_head_padded_vocabulary_and_other_activations(tmp_path, tokenizer, activation, in_process):
     folder = tmp_path / "model"
     model = save_variant(folder, tokenizer, vocab_size=len(tokenizer) + 7, tie_word_embeddings=False,
                          activation_function=activation)  # fmt: skip
@@ -118,7 +151,7 @@ def test_untied_head_padded_vocabulary_and_other_activations(tmp_path, tokenizer
     assert report.max_abs_error <= report.bound
 
 
-def test_bfloat16_weights_stay_bfloat16_bit_for_bit(tmp_path, tokenizer):
+def test_bfloat16_weights_stay_bfloat16_bit_for_bit(tmp_path, tokenizer, in_process):
     folder = tmp_path / "model"
     model = save_variant(folder, tokenizer, dtype=torch.bfloat16)
     report = export_gpt2(folder, tmp_path / "plain")
@@ -127,7 +160,7 @@ def test_bfloat16_weights_stay_bfloat16_bit_for_bit(tmp_path, tokenizer):
     assert_same_bits(from_hf_gpt2(tmp_path / "plain").state_dict(), model.state_dict())
 
 
-def test_a_folder_without_tokenizer_exports_without_one(tmp_path, no_tokenizer_folder):
+def test_a_folder_without_tokenizer_exports_without_one(tmp_path, no_tokenizer_folder, in_process):
     folder, _ = no_tokenizer_folder
     report = export_model(folder, tmp_path / "plain", to="gpt2")
     assert not (tmp_path / "plain" / "tokenizer.json").exists()
@@ -146,7 +179,7 @@ def test_existing_destination_is_refused_and_kept(tmp_path, tiny_folder):
     assert (out / "notes.txt").read_text() == "mine" and leftovers(tmp_path) == []
 
 
-def test_overwrite_replaces_an_earlier_export_only(tmp_path, tiny_folder):
+def test_overwrite_replaces_an_earlier_export_only(tmp_path, tiny_folder, in_process):
     folder, _, _ = tiny_folder
     out = tmp_path / "plain"
     export_gpt2(folder, out)
@@ -184,10 +217,9 @@ def test_a_failed_check_writes_nothing(tmp_path, tiny_folder, monkeypatch):
 
 def test_logits_beyond_float32_rounding_fail_the_check(tmp_path, tiny_folder, monkeypatch):
     folder, _, _ = tiny_folder
-    real = gpt2_export.run_plain_transformers
 
     def shifted(*args):
-        logits, facts = real(*args)
+        logits, facts = in_process_plain_check(*args)
         return logits + 1e-3 * logits.abs().max(), facts
 
     monkeypatch.setattr(gpt2_export, "run_plain_transformers", shifted)
