@@ -11,13 +11,13 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer, HfArgumentParser
+from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from ..configuration_scratch_gpt import PRESETS, ScratchGPTConfig
 from ..data import (
@@ -35,7 +35,7 @@ from ..data import (
 )
 from ..loading import check_tokenizer_files, load_model
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
-from .final_save import STAGING_PREFIX, publish_directory, remove_stale_staging  # noqa: F401 (their former home)
+from .final_save import STAGING_PREFIX, prepare_output_dir, publish_directory, remove_stale_staging  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -321,6 +321,47 @@ def load_and_split(data_args: DataArguments):
     if data_args.streaming:
         return split_stream_train_validation(documents, data_args.validation_fraction, data_args.split_seed)
     return split_train_validation(documents, data_args.validation_fraction, data_args.split_seed)
+
+
+@dataclass
+class TrainingSetup:
+    """What both training paths build before they train (`set_up_training`)."""
+
+    tokenizer: Any
+    model: ScratchGPTForCausalLM
+    train_dataset: Any
+    eval_dataset: Any
+    collator: Any
+    resume: str | None  # the checkpoint folder to resume from; None: from the start
+
+
+def set_up_training(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    output_dir: str | os.PathLike,
+    seed: int,
+    resume_from_checkpoint: str | bool | None,
+    is_main_process: bool = True,
+    is_local_main_process: bool = True,
+    main_process_first: Callable[[], AbstractContextManager] = nullcontext,
+) -> TrainingSetup:
+    """The start both training paths share, run once the output folder is claimed (`claim_output_dir`): seed, build
+    the tokenizer, model and datasets, ready the output folder (`final_save.prepare_output_dir`, main process) and
+    find the checkpoint to resume from (`resolve_resume`).
+
+    `main_process_first`: the Accelerate loop passes `accelerator.main_process_first`, so that one process fills the
+    datasets cache and the others read it; under `Trainer` every process builds its own."""
+    set_seed(seed)
+    progress_bars_on_main_process_only(is_local_main_process)
+    with main_process_first():
+        documents = load_and_split(data_args)
+        tokenizer = build_tokenizer(model_args, documents["train"], data_args.text_column)
+        model = build_model(model_args, tokenizer)
+        train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, model, documents)
+    if is_main_process:
+        prepare_output_dir(output_dir)
+    resume = resolve_resume(resume_from_checkpoint, output_dir)
+    return TrainingSetup(tokenizer, model, train_dataset, eval_dataset, collator, resume)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -47,22 +47,15 @@ from .components import (
     FlagParser,
     ModelArguments,
     NonFiniteLossError,
-    build_datasets,
-    build_model,
-    build_tokenizer,
     check_resume_step,
     check_training_length,
     claim_output_dir,
     eval_protocol,
-    load_and_split,
     non_finite_message,
-    progress_bars_on_main_process_only,
     release_process_group,
-    resolve_resume,
+    set_up_training,
 )
-from .final_save import (
-    STAGING_PREFIX, prepare_output_dir, publish_directory, publish_final_save, start_final_save, start_staging,
-)
+from .final_save import STAGING_PREFIX, publish_directory, publish_final_save, start_final_save, start_staging
 from .fsdp import (
     FSDP_LAYOUT_NAME,
     FSDPOptions,
@@ -263,8 +256,6 @@ def _train_with_accelerate(
     model_args: ModelArguments, data_args: DataArguments, loop_args: LoopArguments, accelerator: Accelerator,
     fsdp_options: FSDPOptions | None,
 ) -> dict[str, Any]:  # fmt: skip
-    set_seed(loop_args.seed)
-    progress_bars_on_main_process_only(accelerator.is_local_main_process)
     output_dir = Path(loop_args.output_dir)
     processes = accelerator.num_processes
     accumulation = loop_args.gradient_accumulation_steps
@@ -279,13 +270,13 @@ def _train_with_accelerate(
             f"(this run has {processes})"
         )
 
-    with accelerator.main_process_first():  # one process fills the datasets cache, the others read it
-        documents = load_and_split(data_args)
-        tokenizer = build_tokenizer(model_args, documents["train"], data_args.text_column)
-        model = build_model(model_args, tokenizer)
-        train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, model, documents)
-    if accelerator.is_main_process:
-        prepare_output_dir(output_dir)
+    setup = set_up_training(
+        model_args, data_args, output_dir, loop_args.seed, loop_args.resume_from_checkpoint,
+        is_main_process=accelerator.is_main_process, is_local_main_process=accelerator.is_local_main_process,
+        main_process_first=accelerator.main_process_first,  # one process fills the datasets cache, the others read it
+    )  # fmt: skip
+    tokenizer, model, collator = setup.tokenizer, setup.model, setup.collator
+    train_dataset, eval_dataset = setup.train_dataset, setup.eval_dataset
     if fsdp_options is not None:
         # Shard before the optimizer exists: it must hold the sharded parameters (DTensors), not the full ones.
         model = shard_model(model.to(accelerator.device), fsdp_options)
@@ -318,7 +309,7 @@ def _train_with_accelerate(
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
 
     step, tokens_seen, history = 0, 0, []
-    resume = resolve_resume(loop_args.resume_from_checkpoint, output_dir)
+    resume = setup.resume
     if resume is not None:
         # Checked first: nothing in the folder is unpickled, and nothing the folder lacks is silently reset.
         if fsdp_options is not None:

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..evaluation import load_metric, score_logits
@@ -50,22 +50,15 @@ from .components import (
     FlagParser,
     ModelArguments,
     NonFiniteLossError,
-    build_datasets,
-    build_model,
-    build_tokenizer,
     check_resume_step,
     check_training_length,
     claim_output_dir,
     eval_protocol,
-    load_and_split,
     non_finite_message,
-    progress_bars_on_main_process_only,
     release_process_group,
-    resolve_resume,
+    set_up_training,
 )
-from .final_save import (
-    FINAL_STAGING_NAME, STAGING_PREFIX, prepare_output_dir, publish_directory, publish_final_save, start_final_save,
-)
+from .final_save import FINAL_STAGING_NAME, STAGING_PREFIX, publish_directory, publish_final_save, start_final_save
 from .plots import plot_loss_curves
 from .resume import TRAINER_STATE_NAME, check_trainer_checkpoint
 
@@ -234,7 +227,6 @@ def _train_with_trainer(
     training_args: TrainingArguments,
     callbacks: Sequence[TrainerCallback],
 ) -> dict[str, Any]:
-    set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     if training_args.include_num_input_tokens_seen == "no":
         # Tokens seen are the x axis of the second loss plot. Blocks have no padding; pairs count real tokens only.
@@ -243,29 +235,28 @@ def _train_with_trainer(
     training_args.logging_nan_inf_filter = False
     if training_args.device.type == "cpu":
         training_args.dataloader_pin_memory = False  # pinning is for copies to an accelerator; on CPU torch warns
-    progress_bars_on_main_process_only(training_args.local_process_index == 0)
 
-    documents = load_and_split(data_args)
-    tokenizer = build_tokenizer(model_args, documents["train"], data_args.text_column)
-    model = build_model(model_args, tokenizer)
-    train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, model, documents)
+    setup = set_up_training(
+        model_args, data_args, output_dir, training_args.seed, training_args.resume_from_checkpoint,
+        is_main_process=training_args.process_index == 0,
+        is_local_main_process=training_args.local_process_index == 0,
+    )  # fmt: skip
+    tokenizer, train_dataset, eval_dataset = setup.tokenizer, setup.train_dataset, setup.eval_dataset
     check_one_batch_each(training_args, train_dataset, eval_dataset)
 
     history = LossHistoryCallback()
     trainer = ScratchGPTTrainer(
-        model=model,
+        model=setup.model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=collator,
+        data_collator=setup.collator,
         processing_class=tokenizer,
         compute_metrics=build_compute_metrics(),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         callbacks=[history, *callbacks],
     )
-    if trainer.is_world_process_zero():
-        prepare_output_dir(output_dir)
-    resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
+    resume = setup.resume
     train_result = trainer.train(resume_from_checkpoint=resume)
     eval_metrics = trainer.evaluate()
     # The final model is written into a staging folder and moved into place only when complete, so a kill while
