@@ -16,7 +16,7 @@ from helpers import SMALL
 from test_cli import assert_one_line_error, run_cli
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
 from hf_scratch_gpt.data import train_bpe_tokenizer
-from hf_scratch_gpt.training import final_save, loop, trainer
+from hf_scratch_gpt.training import components, final_save, loop, trainer
 from hf_scratch_gpt.training.components import (
     TRAIN_OUTPUT_MARK, OutputDirInUseError, claim_output_dir, publish_directory,
 )  # fmt: skip
@@ -58,9 +58,9 @@ def run_train(loop_name, flags):
 
 
 def watch_labels(monkeypatch, loop_name):
-    """Every (training mode, input_ids, attention_mask, labels) the model's forward receives in the run."""
-    module = trainer if loop_name == "trainer" else loop
-    received, build = [], module.build_model
+    """Every (training mode, input_ids, attention_mask, labels) the model's forward receives in the run (both loops
+    build their model through `components.set_up_training`)."""
+    received, build = [], components.build_model
 
     def build_and_watch(*args, **kwargs):
         model = build(*args, **kwargs)
@@ -73,7 +73,7 @@ def watch_labels(monkeypatch, loop_name):
         model.register_forward_pre_hook(record, with_kwargs=True)
         return model
 
-    monkeypatch.setattr(module, "build_model", build_and_watch)
+    monkeypatch.setattr(components, "build_model", build_and_watch)
     return received
 
 
