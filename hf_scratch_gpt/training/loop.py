@@ -47,6 +47,7 @@ from .components import (
     FlagParser,
     ModelArguments,
     NonFiniteLossError,
+    TrainingSetup,
     check_resume_step,
     check_training_length,
     claim_output_dir,
@@ -179,30 +180,6 @@ def evaluate_loss(model, dataloader, accelerator: Accelerator) -> dict[str, floa
     return {"eval_loss": loss, "eval_perplexity": math.exp(loss), "eval_tokens": int(tokens.item())}
 
 
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loop_state: dict,
-                     write_state: Callable[[Path], None], weights: str) -> Path:  # fmt: skip
-    """Every process writes into a staging folder (`write_state(folder)`: Accelerate's `save_state`, or each
-    process's FSDP shard); the main process adds the loop state and renames it to `checkpoint-N` once complete
-    (never without the loop state and the `weights` file)."""
-    name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
-    staging = output_dir / f"{STAGING_PREFIX}{name}"
-    if accelerator.is_main_process:
-        start_staging(output_dir, name)  # before the other processes write their RNG states into it
-    accelerator.wait_for_everyone()
-    write_state(staging)
-    if accelerator.is_main_process:
-        (staging / LOOP_STATE_NAME).write_text(json.dumps(loop_state, indent=2), encoding="utf-8")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        publish_directory(staging, output_dir / name, required=(LOOP_STATE_NAME, weights))
-    accelerator.wait_for_everyone()
-    return output_dir / name
-
-
-def _save_accelerate_state(accelerator: Accelerator, folder: Path) -> None:
-    accelerator.save_state(str(folder), safe_serialization=True)
-
-
 def _fsdp_options(loop_args: LoopArguments) -> FSDPOptions | None:
     """FSDP settings from `--fsdp` or from an accelerate config with `distributed_type: FSDP` (read before the
     Accelerator exists: see `fsdp_options_from_accelerate_env`)."""
@@ -256,8 +233,47 @@ def _train_with_accelerate(
     model_args: ModelArguments, data_args: DataArguments, loop_args: LoopArguments, accelerator: Accelerator,
     fsdp_options: FSDPOptions | None,
 ) -> dict[str, Any]:  # fmt: skip
-    output_dir = Path(loop_args.output_dir)
-    processes = accelerator.num_processes
+    """prepare → resume → train (optimizer steps, with evaluations and checkpoints on the way) → finish → final save."""
+    _check_processes(loop_args, accelerator.num_processes, fsdp_options)
+    setup = set_up_training(
+        model_args, data_args, loop_args.output_dir, loop_args.seed, loop_args.resume_from_checkpoint,
+        is_main_process=accelerator.is_main_process, is_local_main_process=accelerator.is_local_main_process,
+        main_process_first=accelerator.main_process_first,  # one process fills the datasets cache, the others read it
+    )  # fmt: skip
+    run = _prepare(accelerator, loop_args, fsdp_options, setup)
+    if setup.resume is not None:
+        _resume(run, setup.resume)
+    _train(run)
+    result = _finish(run, data_args, setup)
+    _save_final_model(run, setup, result, arguments={**asdict(model_args), **asdict(data_args), **asdict(loop_args)})
+    return result
+
+
+@dataclass
+class _Run:
+    """One run of the loop: what `_prepare` builds, and the progress (step, tokens seen, history) each step updates."""
+
+    accelerator: Accelerator
+    args: LoopArguments
+    fsdp_options: FSDPOptions | None
+    output_dir: Path
+    model: Any  # prepared by Accelerate (DDP) or sharded (FSDP2)
+    optimizer: Any
+    scheduler: Any
+    train_loader: DataLoader
+    eval_loader: DataLoader
+    streaming: bool  # an IterableDataset: shuffled by its own seeded buffer, length unknown
+    step: int = 0
+    tokens_seen: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def fsdp(self) -> bool:
+        return self.fsdp_options is not None
+
+
+def _check_processes(loop_args: LoopArguments, processes: int, fsdp_options: FSDPOptions | None) -> None:
+    """Before any data is read: the global batch splits evenly, and FSDP has several processes to shard over."""
     accumulation = loop_args.gradient_accumulation_steps
     if loop_args.global_batch_size % (processes * accumulation):
         raise ValueError(
@@ -270,29 +286,28 @@ def _train_with_accelerate(
             f"(this run has {processes})"
         )
 
-    setup = set_up_training(
-        model_args, data_args, output_dir, loop_args.seed, loop_args.resume_from_checkpoint,
-        is_main_process=accelerator.is_main_process, is_local_main_process=accelerator.is_local_main_process,
-        main_process_first=accelerator.main_process_first,  # one process fills the datasets cache, the others read it
-    )  # fmt: skip
-    tokenizer, model, collator = setup.tokenizer, setup.model, setup.collator
-    train_dataset, eval_dataset = setup.train_dataset, setup.eval_dataset
+
+def _prepare(
+    accelerator: Accelerator, loop_args: LoopArguments, fsdp_options: FSDPOptions | None, setup: TrainingSetup
+) -> _Run:
+    """Data loaders, AdamW and the LR schedule, all handed to Accelerate (the model sharded first under FSDP)."""
+    model = setup.model
     if fsdp_options is not None:
         # Shard before the optimizer exists: it must hold the sharded parameters (DTensors), not the full ones.
         model = shard_model(model.to(accelerator.device), fsdp_options)
-
-    generator = torch.Generator().manual_seed(loop_args.seed)
-    streaming = isinstance(train_dataset, IterableDataset)  # shuffled by its own seeded buffer, length unknown
+    streaming = isinstance(setup.train_dataset, IterableDataset)
     train_loader = DataLoader(
-        train_dataset, batch_size=loop_args.global_batch_size, shuffle=not streaming, drop_last=True,
-        collate_fn=collator, generator=None if streaming else generator,
+        setup.train_dataset, batch_size=loop_args.global_batch_size, shuffle=not streaming, drop_last=True,
+        collate_fn=setup.collator, generator=None if streaming else torch.Generator().manual_seed(loop_args.seed),
     )  # fmt: skip
     if not streaming and len(train_loader) == 0:
         raise ValueError(
-            f"the training split has {len(train_dataset)} examples, fewer than global_batch_size "
+            f"the training split has {len(setup.train_dataset)} examples, fewer than global_batch_size "
             f"{loop_args.global_batch_size}"
         )
-    eval_loader = DataLoader(eval_dataset, batch_size=loop_args.per_device_eval_batch_size, collate_fn=collator)
+    eval_loader = DataLoader(
+        setup.eval_dataset, batch_size=loop_args.per_device_eval_batch_size, collate_fn=setup.collator
+    )
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]  # no weight decay on biases and LayerNorms
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -307,117 +322,175 @@ def _train_with_accelerate(
         optimizer, train_loader, eval_loader = accelerator.prepare(optimizer, train_loader, eval_loader)
     else:
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    return _Run(accelerator, loop_args, fsdp_options, Path(loop_args.output_dir), model, optimizer, scheduler,
+                train_loader, eval_loader, streaming)  # fmt: skip
 
-    step, tokens_seen, history = 0, 0, []
-    resume = setup.resume
-    if resume is not None:
-        # Checked first: nothing in the folder is unpickled, and nothing the folder lacks is silently reset.
-        if fsdp_options is not None:
-            loop_state = read_loop_state(resume)
-            load_sharded_checkpoint(model, optimizer, scheduler, Path(resume))  # safetensors + JSON only
-        else:
-            loop_state = read_loop_checkpoint(resume, accelerator.unwrap_model(model), accelerator.process_index)
-            accelerator.load_state(resume)
-            scheduler.load_state_dict(loop_state["scheduler"])
-        step, tokens_seen, history = loop_state["step"], loop_state["tokens_seen"], loop_state["history"]
-        logger.info("resumed from %s at step %d", resume, step)
-    if resume is not None:
-        check_resume_step(step, loop_args.max_steps, resume)
 
-    steps_per_epoch = None if streaming else len(train_loader)
+def _resume(run: _Run, checkpoint: str) -> None:
+    """Load a checkpoint into the prepared run, checked first: nothing in the folder is unpickled, and nothing the
+    folder lacks is silently reset (`resume.py`)."""
+    if run.fsdp:
+        loop_state = read_loop_state(checkpoint)
+        load_sharded_checkpoint(run.model, run.optimizer, run.scheduler, Path(checkpoint))  # safetensors + JSON only
+    else:
+        model = run.accelerator.unwrap_model(run.model)
+        loop_state = read_loop_checkpoint(checkpoint, model, run.accelerator.process_index)
+        run.accelerator.load_state(checkpoint)
+        run.scheduler.load_state_dict(loop_state["scheduler"])
+    run.step, run.tokens_seen, run.history = loop_state["step"], loop_state["tokens_seen"], loop_state["history"]
+    logger.info("resumed from %s at step %d", checkpoint, run.step)
+    check_resume_step(run.step, run.args.max_steps, checkpoint)
+
+
+def _train(run: _Run) -> None:
+    """Optimizer steps up to `max_steps`, each followed by the logging, evaluation and checkpoint that are due."""
+    args = run.args
     progress = tqdm(
-        total=loop_args.max_steps, initial=step, desc="training",
-        disable=loop_args.disable_tqdm or not accelerator.is_local_main_process,
+        total=args.max_steps, initial=run.step, desc="training",
+        disable=args.disable_tqdm or not run.accelerator.is_local_main_process,
     )  # fmt: skip
-    model.train()
-    batches = _training_batches(accelerator, train_loader, step, steps_per_epoch)  # endless, epoch after epoch
-    while step < loop_args.max_steps:
-        for batch in batches:
-            micro_batches = _micro_batches(batch, accumulation)
-            # Target tokens of the whole global batch: what every token loss is divided by.
-            local_targets = sum((mb["labels"][:, 1:] != -100).sum() for mb in micro_batches)
-            global_targets = accelerator.reduce(local_targets, reduction="sum")
-            step_loss = torch.zeros((), device=accelerator.device)
-            for index, micro_batch in enumerate(micro_batches):
-                last = index == accumulation - 1
-                with nullcontext() if last else _no_gradient_sync(model, accelerator):  # all-reduce once per step
-                    with accelerator.autocast():
-                        loss = model(**micro_batch, num_items_in_batch=global_targets).loss  # forward → loss
-                    accelerator.backward(loss * processes)  # backward (DDP and FSDP average over processes)
-                step_loss += loss.detach()
-            step_loss = accelerator.reduce(step_loss, reduction="sum")  # the global batch's mean token loss
-            if not torch.isfinite(step_loss):
-                optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(non_finite_message(step_loss.item(), step + 1, output_dir))
-            if loop_args.max_grad_norm and fsdp_options is not None:
-                clip_sharded_grad_norm_(model.parameters(), loop_args.max_grad_norm)  # clip (norm of the full grads)
-            elif loop_args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), loop_args.max_grad_norm)  # clip
-            optimizer.step()  # optimizer step
-            scheduler.step()  # scheduler step
-            optimizer.zero_grad(set_to_none=True)  # zero grad
-            step += 1
-            local_tokens = torch.tensor(batch["input_ids"].numel(), device=accelerator.device)
-            tokens_seen += int(accelerator.reduce(local_tokens, reduction="sum"))
-            progress.update(1)
-
-            if step % loop_args.logging_steps == 0 or step == loop_args.max_steps:
-                history.append({"step": step, "tokens": tokens_seen, "loss": step_loss.item(),
-                                "learning_rate": scheduler.get_last_lr()[0]})  # fmt: skip
-                progress.set_postfix(loss=f"{step_loss.item():.4f}")
-            if step % loop_args.eval_steps == 0 or step == loop_args.max_steps:
-                metrics = evaluate_loss(model, eval_loader, accelerator)
-                history.append({"step": step, "tokens": tokens_seen, **metrics})
-                logger.info("step %d: %s", step, metrics)
-            if step % loop_args.save_steps == 0:
-                loop_state = {"step": step, "tokens_seen": tokens_seen, "history": history,
-                              "scheduler": scheduler.state_dict()}  # fmt: skip
-                if fsdp_options is not None:  # each process its own shard: safetensors + JSON, no pickle
-                    write_state = partial(save_sharded_checkpoint, model, optimizer, scheduler)
-                    weights = FSDP_LAYOUT_NAME
-                else:  # model.safetensors, optimizer, RNG per process
-                    write_state = partial(_save_accelerate_state, accelerator)
-                    weights = SAFE_WEIGHTS_NAME
-                _save_checkpoint(accelerator, output_dir, step, loop_state, write_state, weights)
-            if step >= loop_args.max_steps:
-                break
+    run.model.train()
+    steps_per_epoch = None if run.streaming else len(run.train_loader)
+    batches = _training_batches(run.accelerator, run.train_loader, run.step, steps_per_epoch)  # endless
+    while run.step < args.max_steps:
+        batch = next(batches)
+        loss = _optimizer_step(run, batch)
+        run.step += 1
+        run.tokens_seen += int(_sum_over_processes(run.accelerator, batch["input_ids"].numel()))
+        progress.update(1)
+        if run.step % args.logging_steps == 0 or run.step == args.max_steps:
+            run.history.append({"step": run.step, "tokens": run.tokens_seen, "loss": loss.item(),
+                                "learning_rate": run.scheduler.get_last_lr()[0]})  # fmt: skip
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        if run.step % args.eval_steps == 0 or run.step == args.max_steps:
+            metrics = evaluate_loss(run.model, run.eval_loader, run.accelerator)
+            run.history.append({"step": run.step, "tokens": run.tokens_seen, **metrics})
+            logger.info("step %d: %s", run.step, metrics)
+        if run.step % args.save_steps == 0:
+            _checkpoint(run)
     progress.close()
 
-    final = evaluate_loss(model, eval_loader, accelerator)
+
+def _optimizer_step(run: _Run, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One optimizer step on a global batch: for each micro-batch forward → loss → backward; then clip → optimizer
+    step → scheduler step → zero grad. Returns the global batch's mean token loss, checked finite before the update."""
+    accelerator = run.accelerator
+    micro_batches = _micro_batches(batch, run.args.gradient_accumulation_steps)
+    # Target tokens of the whole global batch: what every token loss is divided by.
+    local_targets = sum((micro_batch["labels"][:, 1:] != -100).sum() for micro_batch in micro_batches)
+    global_targets = _sum_over_processes(accelerator, local_targets)
+    step_loss = torch.zeros((), device=accelerator.device)
+    for index, micro_batch in enumerate(micro_batches):
+        last = index == len(micro_batches) - 1
+        with nullcontext() if last else _no_gradient_sync(run.model, accelerator):  # all-reduce once per step
+            with accelerator.autocast():
+                loss = run.model(**micro_batch, num_items_in_batch=global_targets).loss  # forward → loss
+            accelerator.backward(loss * accelerator.num_processes)  # backward (DDP and FSDP average over processes)
+        step_loss += loss.detach()
+    step_loss = _sum_over_processes(accelerator, step_loss)  # the global batch's mean token loss
+    if not torch.isfinite(step_loss):
+        run.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLossError(non_finite_message(step_loss.item(), run.step + 1, run.output_dir))
+    _clip_gradients(run)  # clip
+    run.optimizer.step()  # optimizer step
+    run.scheduler.step()  # scheduler step
+    run.optimizer.zero_grad(set_to_none=True)  # zero grad
+    return step_loss
+
+
+def _sum_over_processes(accelerator: Accelerator, value: torch.Tensor | int) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        value = torch.tensor(value, device=accelerator.device)
+    return accelerator.reduce(value, reduction="sum")
+
+
+def _clip_gradients(run: _Run) -> None:
+    if not run.args.max_grad_norm:
+        return
+    if run.fsdp:
+        clip_sharded_grad_norm_(run.model.parameters(), run.args.max_grad_norm)  # the norm of the full gradients
+    else:
+        run.accelerator.clip_grad_norm_(run.model.parameters(), run.args.max_grad_norm)
+
+
+def _checkpoint(run: _Run) -> Path:
+    """`checkpoint-N`: weights, optimizer and RNG states, and the loop's own state as JSON (`loop_state.json`)."""
+    loop_state = {"step": run.step, "tokens_seen": run.tokens_seen, "history": run.history,
+                  "scheduler": run.scheduler.state_dict()}  # fmt: skip
+    if run.fsdp:  # each process its own shard: safetensors + JSON, no pickle
+        write_state = partial(save_sharded_checkpoint, run.model, run.optimizer, run.scheduler)
+        weights = FSDP_LAYOUT_NAME
+    else:  # model.safetensors, optimizer, RNG per process
+        write_state = partial(_save_accelerate_state, run.accelerator)
+        weights = SAFE_WEIGHTS_NAME
+    return _save_checkpoint(run.accelerator, run.output_dir, run.step, loop_state, write_state, weights)
+
+
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loop_state: dict,
+                     write_state: Callable[[Path], None], weights: str) -> Path:  # fmt: skip
+    """Every process writes into a staging folder (`write_state(folder)`: Accelerate's `save_state`, or each
+    process's FSDP shard); the main process adds the loop state and publishes it as `checkpoint-N` once complete
+    (never without the loop state and the `weights` file)."""
+    name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
+    staging = output_dir / f"{STAGING_PREFIX}{name}"
+    if accelerator.is_main_process:
+        start_staging(output_dir, name)  # before the other processes write their RNG states into it
     accelerator.wait_for_everyone()
-    result: dict[str, Any] = {
-        "global_step": step,
-        "num_input_tokens_seen": tokens_seen,  # the name Trainer uses for the same count
-        "train_loss": next((row["loss"] for row in reversed(history) if "loss" in row), float("nan")),
+    write_state(staging)
+    if accelerator.is_main_process:
+        (staging / LOOP_STATE_NAME).write_text(json.dumps(loop_state, indent=2), encoding="utf-8")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        publish_directory(staging, output_dir / name, required=(LOOP_STATE_NAME, weights))
+    accelerator.wait_for_everyone()
+    return output_dir / name
+
+
+def _save_accelerate_state(accelerator: Accelerator, folder: Path) -> None:
+    accelerator.save_state(str(folder), safe_serialization=True)
+
+
+def _finish(run: _Run, data_args: DataArguments, setup: TrainingSetup) -> dict[str, Any]:
+    """The final evaluation and the run's result (metrics, what was trained on, where the model goes)."""
+    final = evaluate_loss(run.model, run.eval_loader, run.accelerator)
+    run.accelerator.wait_for_everyone()
+    return {
+        "global_step": run.step,
+        "num_input_tokens_seen": run.tokens_seen,  # the name Trainer uses for the same count
+        "train_loss": next((row["loss"] for row in reversed(run.history) if "loss" in row), float("nan")),
         **final,
         "dataset": data_args.dataset,
-        "eval_protocol": eval_protocol(data_args, train_dataset, eval_dataset),
-        "processes": processes,
-        "fsdp": fsdp_options is not None,
-        "resumed_from": resume,
-        "model_dir": str(output_dir),
+        "eval_protocol": eval_protocol(data_args, setup.train_dataset, setup.eval_dataset),
+        "processes": run.accelerator.num_processes,
+        "fsdp": run.fsdp,
+        "resumed_from": setup.resume,
+        "model_dir": str(run.output_dir),
     }
-    if fsdp_options is not None:
-        state_dict = full_state_dict(model)  # gathered from every process onto the main one (CPU)
-        unwrapped = unsharded_copy(model, state_dict) if accelerator.is_main_process else None
+
+
+def _save_final_model(run: _Run, setup: TrainingSetup, result: dict[str, Any], arguments: dict[str, Any]) -> None:
+    """Model, tokenizer, loss.png and metrics.json, staged and moved into `output_dir` when complete: a kill while
+    saving never leaves truncated weights next to a new config (`final_save.py`). Adds `plot` and `metrics_file` to
+    `result` (main process)."""
+    accelerator, output_dir = run.accelerator, run.output_dir
+    if run.fsdp:
+        state_dict = full_state_dict(run.model)  # gathered from every process onto the main one (CPU)
+        unwrapped = unsharded_copy(run.model, state_dict) if accelerator.is_main_process else None
     else:
-        unwrapped = accelerator.unwrap_model(model)
-        state_dict = accelerator.get_state_dict(model)  # full weights on the main process
+        unwrapped = accelerator.unwrap_model(run.model)
+        state_dict = accelerator.get_state_dict(run.model)  # full weights on the main process
     if accelerator.is_main_process:
-        # Written into a staging folder and moved into place when complete: a kill while saving never leaves
-        # truncated weights next to a new config (training/final_save.py).
         staging = start_final_save(output_dir)
         unwrapped.save_pretrained(staging, state_dict=state_dict)
-        tokenizer.save_pretrained(staging)
-        plot_loss_curves(history, staging / "loss.png", title="ScratchGPT (Accelerate loop)",
+        setup.tokenizer.save_pretrained(staging)
+        plot_loss_curves(run.history, staging / "loss.png", title="ScratchGPT (Accelerate loop)",
                          validation_label=f"validation loss ({result['eval_protocol']})")  # fmt: skip
         result["plot"] = str(output_dir / "loss.png")
         result["metrics_file"] = str(output_dir / "metrics.json")
-        record = {**result, "arguments": {**asdict(model_args), **asdict(data_args), **asdict(loop_args)}}
-        (staging / "metrics.json").write_text(json.dumps({**record, "history": history}, indent=2), encoding="utf-8")
+        record = {**result, "arguments": arguments, "history": run.history}
+        (staging / "metrics.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
         publish_final_save(staging, output_dir)
     accelerator.wait_for_everyone()
-    return result
 
 
 LOOP_HELP = """Train with the explicit Accelerate loop (hf_scratch_gpt/training/loop.py), in one process or under
