@@ -22,6 +22,7 @@ import logging
 import os
 import stat
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -247,19 +248,36 @@ def check_model_folder(folder: str | os.PathLike) -> ScratchGPTConfig:
     for weight_file in check_weight_files(folder):
         for name, shape in read_tensor_shapes(weight_file).items():
             found[name], origin[name] = shape, weight_file
-    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    missing = sorted(set(expected) - set(found) - tied)
+    check_tensor_shapes(
+        found, expected, origin, lacking=f"weights in {folder} lack tensors the config needs",
+        model=f"the ScratchGPT model {folder / CONFIG_NAME} describes",
+        optional={"lm_head.weight"} if config.tie_word_embeddings else (),
+    )  # fmt: skip
+    return config
+
+
+def check_tensor_shapes(
+    found: dict[str, tuple[int, ...]],
+    expected: dict[str, tuple[int, ...]],
+    origin: dict[str, Path],
+    lacking: str,
+    model: str = "the model",
+    optional: Iterable[str] = (),
+    hint: str = "",
+) -> None:
+    """The one check of weights against a model (a saved folder's, a training checkpoint's): every tensor of
+    `expected` (name → shape) is in `found` (read from safetensors headers, `read_tensor_shapes`) unless `optional`,
+    none is extra, and each has its shape. Raises `ValueError` naming the file (`origin`: name → file):
+    "LACKING: [names]HINT", "FILE holds tensors MODEL does not have", "FILE: tensor NAME has shape ..., MODEL has ..."."""
+    missing = sorted(set(expected) - set(found) - set(optional))
     if missing:
-        raise ValueError(f"weights in {folder} lack tensors the config needs: {missing}")
+        raise ValueError(f"{lacking}: {missing}{hint}")
     unexpected = sorted(set(found) - set(expected))
     if unexpected:
-        raise ValueError(f"{origin[unexpected[0]]} holds tensors a ScratchGPT model does not have: {unexpected}")
+        raise ValueError(f"{origin[unexpected[0]]} holds tensors {model} does not have: {unexpected}")
     for name, shape in found.items():
         if shape != expected[name]:
-            raise ValueError(
-                f"{origin[name]}: tensor {name} has shape {shape}, but {folder / CONFIG_NAME} implies {expected[name]}"
-            )
-    return config
+            raise ValueError(f"{origin[name]}: tensor {name} has shape {shape}, {model} has {expected[name]}")
 
 
 def _shape_only_state_dict(config: ScratchGPTConfig):
@@ -389,6 +407,7 @@ def _build_with_tokenizers(path: Path, build) -> None:
 
 __all__ = [
     "check_model_folder",
+    "check_tensor_shapes",
     "check_weight_files",
     "check_generation_config_file",
     "check_tokenizer_files",

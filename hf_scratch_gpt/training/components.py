@@ -33,7 +33,7 @@ from ..data import (
     tokenize_prompt_completion,
     train_bpe_tokenizer,
 )
-from ..loading import check_tokenizer_files, load_model
+from ..loading import check_tokenizer_files, load_model, read_json_file
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from .final_save import STAGING_PREFIX, prepare_output_dir, publish_directory, remove_stale_staging  # noqa: F401
 
@@ -126,11 +126,10 @@ class FlagParser(HfArgumentParser):
         argv = list(argv)
         if len(argv) == 1 and argv[0].endswith(".json"):
             path = os.path.abspath(argv[0])
-            with open(path, encoding="utf-8") as handle:
-                try:
-                    given = json.load(handle)
-                except json.JSONDecodeError as error:
-                    self.error(f"{argv[0]} is not valid JSON ({error})")
+            try:
+                given = read_json_file(Path(argv[0]))
+            except ValueError as error:  # not UTF-8, not JSON, or nested absurdly deep: named in one line
+                self.error(str(error))
             if not isinstance(given, dict):
                 self.error(f"{argv[0]} holds {type(given).__name__}, expected a JSON object of flag: value")
             missing = [name for name in self.required_fields() if name not in given]

@@ -31,6 +31,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
+from ..loading import read_json_file
+
 logger = logging.getLogger(__name__)
 
 FSDP_LAYOUT_NAME = "fsdp_layout.json"
@@ -208,7 +210,7 @@ def load_sharded_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, 
     layout_file = directory / FSDP_LAYOUT_NAME
     if not layout_file.is_file():
         raise FileNotFoundError(f"{layout_file} not found: {directory} is not a sharded (FSDP) checkpoint of this loop")
-    layout = json.loads(layout_file.read_text(encoding="utf-8"))
+    layout = read_json_file(layout_file)
     if layout["world_size"] != world:
         raise ValueError(
             f"{directory} was saved by {layout['world_size']} processes; resume it with as many (this run has {world})"
@@ -254,7 +256,7 @@ def load_sharded_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, 
     scheduler_file = directory / SCHEDULER_STATE_NAME
     if not scheduler_file.is_file():
         raise FileNotFoundError(f"{scheduler_file} not found: the checkpoint is incomplete")
-    scheduler.load_state_dict(json.loads(scheduler_file.read_text(encoding="utf-8")))
+    scheduler.load_state_dict(read_json_file(scheduler_file))
     torch.set_rng_state(saved["rng/cpu"])
     if torch.cuda.is_available() and "rng/cuda" in saved:
         torch.cuda.set_rng_state(saved["rng/cuda"])

@@ -18,14 +18,13 @@ Each check raises `FileNotFoundError`/`ValueError` naming the file.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..loading import SAFE_WEIGHTS_NAME, read_tensor_shapes
+from ..loading import SAFE_WEIGHTS_NAME, check_tensor_shapes, read_json_file, read_tensor_shapes
 
 # What `Accelerator.save_state` writes (one process; FSDP with FULL_STATE_DICT writes `pytorch_model_fsdp.bin`).
 ACCELERATE_WEIGHT_NAMES = (SAFE_WEIGHTS_NAME, "pytorch_model_fsdp.bin")
@@ -70,15 +69,10 @@ def check_checkpoint_weights(weight_file: Path, model: nn.Module) -> None:
             if (target in found) != (source in found):
                 found.setdefault(target, found.get(source))
                 found.setdefault(source, found.get(target))
-    missing = sorted(set(expected) - set(found))
-    if missing:
-        raise ValueError(f"{weight_file} lacks tensors the model has: {missing}; resuming would leave them as they are")
-    unexpected = sorted(set(found) - set(expected))
-    if unexpected:
-        raise ValueError(f"{weight_file} holds tensors the model does not have: {unexpected}")
-    for name, shape in expected.items():
-        if found[name] != shape:
-            raise ValueError(f"{weight_file}: tensor {name} has shape {found[name]}, the model's is {shape}")
+    check_tensor_shapes(
+        found, expected, dict.fromkeys(found, weight_file), lacking=f"{weight_file} lacks tensors the model has",
+        hint="; resuming would leave them as they are",
+    )  # fmt: skip
 
 
 def _refuse_code_bearing_files(folder: Path) -> None:
@@ -104,10 +98,7 @@ def read_loop_state(folder: str | os.PathLike) -> dict[str, Any]:
     state_file = folder / LOOP_STATE_NAME
     if not state_file.is_file():
         raise FileNotFoundError(f"{state_file} not found: the checkpoint lacks the loop's step, history and scheduler")
-    try:
-        loop_state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{state_file} is not valid JSON: {error}") from error
+    loop_state = read_json_file(state_file)
     missing = [key for key in LOOP_STATE_KEYS if not isinstance(loop_state, dict) or key not in loop_state]
     if missing:
         raise ValueError(f"{state_file} lacks {missing}; resuming would reset them")
@@ -146,10 +137,7 @@ def check_trainer_checkpoint(folder: str | os.PathLike, model: nn.Module, world_
     state_file = folder / TRAINER_STATE_NAME
     if not state_file.is_file():
         raise FileNotFoundError(f"{state_file} not found: the checkpoint lacks the trainer's step and log history")
-    try:
-        json.loads(state_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{state_file} is not valid JSON: {error}") from error
+    read_json_file(state_file)
     check_torch_file(folder / TRAINER_OPTIMIZER_NAME)
     check_torch_file(folder / TRAINER_SCHEDULER_NAME)
     rng_name = "rng_state.pth" if world_size <= 1 else f"rng_state_{process_index}.pth"
