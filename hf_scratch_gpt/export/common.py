@@ -52,6 +52,24 @@ EPS32 = torch.finfo(torch.float32).eps
 # which shows as errors of the order of the logits themselves.
 FLOAT32_FACTOR = 8.0
 
+# torch computes tanh (GPT-2's "gelu_new"), exp, erf, ... of float32 CPU tensors with MKL's vector math, one chunk
+# of >= 2048 elements per thread. On AVX-512 Xeons the very first such call in a process, made by two threads at
+# once, returned one thread's chunk up to 5e-5 off in a few percent of processes (issue 15; tests/conftest.py makes
+# the same first calls). An export compares logits at 1e-6: every process that computes them (this one, the
+# plain-transformers check) makes those first calls before.
+VECTOR_MATH_FUNCTIONS = ("tanh", "exp", "log", "sqrt", "erf", "sin", "cos", "atan")
+WARM_UP_VECTOR_MATH = (
+    "values = torch.linspace(0.01, 4.0, 4 * 2048 * torch.get_num_threads())\n"
+    f"for name in {VECTOR_MATH_FUNCTIONS!r}:\n"
+    "    getattr(torch, name)(values)\n"
+)
+
+
+def warm_up_vector_math() -> None:
+    """Make this process's first MKL vector-math calls (see `VECTOR_MATH_FUNCTIONS`) before logits are compared."""
+    exec(WARM_UP_VECTOR_MATH, {"torch": torch})
+
+
 EXPORT_REPORT_NAME = "export_report.json"
 README_NAME = "README.md"
 
@@ -173,6 +191,7 @@ def reference_logits(
     exact: every float32, bfloat16 or float16 value is a float64 value), so it is never held twice."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
+    warm_up_vector_math()
     original = model.dtype
     logits = {}
     try:

@@ -163,10 +163,22 @@ def plan_tensors(model: ScratchGPTForCausalLM, dtype: str) -> list[PlannedTensor
     return planned
 
 
+def q8_0_rounding_limit(source: torch.Tensor) -> torch.Tensor:
+    """The most a Q8_0 value may differ from its source value: half a step d = max|block|/127, plus up to 127 times
+    the rounding of d to the F16 the block stores (relative 2^-11, but absolute 2^-25 for a subnormal F16 scale, i.e.
+    a block whose largest value is below 127 x 2^-14), plus float32 slack."""
+    blocks = source.reshape(-1, 32)
+    amax = blocks.abs().amax(dim=1, keepdim=True)
+    step = amax / 127
+    stored = step.to(torch.float32).to(torch.float16).to(step.dtype)
+    limit = step / 2 + 127 * (stored - step).abs() + amax * 1e-6
+    return limit.expand(-1, 32).reshape(source.shape)
+
+
 def check_values(gguf, tensors: list[PlannedTensor], model: ScratchGPTForCausalLM) -> str:
     """`ValueError` unless every tensor holds its source's values, in the source's layout, up to its type's own
-    rounding: F32 bit for bit, F16 the source rounded to F16, Q8_0 within half a step (max|block|/127) plus the F16
-    rounding of the block's scale. (Without this a wrongly laid out weight would be wrong in the ggml reference too.)"""
+    rounding: F32 bit for bit, F16 the source rounded to F16, Q8_0 within `q8_0_rounding_limit`. (Without this a
+    wrongly laid out weight would be wrong in the ggml reference too.)"""
     state = model.state_dict()
     types = gguf.GGMLQuantizationType
     for tensor in tensors:
@@ -177,9 +189,7 @@ def check_values(gguf, tensors: list[PlannedTensor], model: ScratchGPTForCausalL
         elif tensor.qtype == types.F16:
             exact = torch.equal(values, source.to(torch.float16).to(torch.float64))
         else:
-            blocks = source.reshape(-1, 32).abs().amax(dim=1, keepdim=True)
-            limit = (blocks / 127 * 0.5 + blocks * 2.0**-11).expand(-1, 32).reshape(source.shape)
-            exact = bool(((values - source).abs() <= limit).all())
+            exact = bool(((values - source).abs() <= q8_0_rounding_limit(source)).all())
         if not exact:
             raise ValueError(
                 f"the GGUF tensor {tensor.name} ({tensor.qtype.name}) does not hold {tensor.source}'s values "
@@ -547,8 +557,9 @@ def export_gguf(
         if not fidelity <= agreement:
             raise ValueError(
                 f"llama.cpp's logits differ from the float64 evaluation of the GGUF's own weights with ggml's "
-                f"roundings by up to {fidelity:.4g}, more than {GGML_AGREEMENT:g} x the format's own error ({format_error:.4g}) "
-                f"+ float32 rounding ({float32_bound:.4g}); llama.cpp does not compute this model from the file. "
+                f"roundings by up to {fidelity:.4g}, more than {GGML_AGREEMENT:g} x the format's own error "
+                f"({format_error:.4g}) + float32 rounding ({float32_bound:.4g}); llama.cpp does not compute this model "
+                "from the file. "
                 "Nothing was written."
             )
         if llama_cpp:

@@ -35,6 +35,7 @@ from .common import (
     CHECK_TEXT,
     EXPORT_REPORT_NAME,
     README_NAME,
+    WARM_UP_VECTOR_MATH,
     ExportReport,
     check_against_reference,
     check_destination,
@@ -65,7 +66,9 @@ TRAINING_ONLY_FIELDS = ("label_smoothing", "loss_chunk_size")
 PLAIN_CHECK_TIMEOUT_S = 600
 
 # Run in a new interpreter: arguments FOLDER, IDS (JSON list), TEXT, LOGITS_OUT (.npy). Importing hf_scratch_gpt
-# raises; the model and tokenizer load with trust_remote_code=False; prints one JSON line of facts.
+# raises; MKL's first vector-math calls are made before the forward (common.WARM_UP_VECTOR_MATH: a new process's
+# first tanh on two threads can be 5e-5 off); the model and tokenizer load with trust_remote_code=False; prints one
+# JSON line of facts.
 PLAIN_TRANSFORMERS_CHECK = textwrap.dedent(
     """
     import json, sys
@@ -83,6 +86,8 @@ PLAIN_TRANSFORMERS_CHECK = textwrap.dedent(
     import torch
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    WARM_UP_VECTOR_MATH
 
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     model, info = AutoModelForCausalLM.from_pretrained(
@@ -108,7 +113,7 @@ PLAIN_TRANSFORMERS_CHECK = textwrap.dedent(
     )
     print(json.dumps(facts))
     """
-)
+).replace("WARM_UP_VECTOR_MATH\n", WARM_UP_VECTOR_MATH)
 
 
 def run_plain_transformers(folder: Path, ids: list[int], text: str | None) -> tuple[torch.Tensor, dict]:

@@ -88,7 +88,9 @@ def test_tensors_read_back_exactly(exports, dtype):
             assert values.tobytes() == gguf.quants.quantize(weight.numpy(), TYPES.Q8_0).tobytes(), name
             restored = gguf.quants.dequantize(values, TYPES.Q8_0).reshape(shape)
             block_max = np.abs(weight.numpy().reshape(-1, 32)).max(axis=1).repeat(32).reshape(shape)
-            # Half a step (max/127) of rounding, plus the scale's own F16 rounding times up to 127 steps.
+            # Half a step (max/127) of rounding, plus the scale's own F16 rounding (these scales are F16 normals)
+            # times up to 127 steps.
+            assert (block_max / 127 >= 2.0**-14).all()
             assert np.all(np.abs(restored - weight.numpy()) <= block_max / 127 * 0.5 + block_max * 2.0**-11), name
 
 
@@ -289,3 +291,14 @@ def test_llama_cpp_refuses_a_file_with_a_wrong_hyperparameter(tmp_path, tiny_fol
     with pytest.raises(ValueError, match="llama.cpp does not compute this model"):
         export_gguf(folder, tmp_path / "m.gguf")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_q8_0_limit_covers_subnormal_scales():
+    """Blocks whose F16 scale is subnormal (largest value below 127 x 2^-14) round their scale coarser than 2^-11."""
+    weight = torch.randn(64, 96, generator=torch.Generator().manual_seed(1)) * torch.logspace(-5, 0, 64).unsqueeze(1)
+    restored = gguf.quants.dequantize(gguf.quants.quantize(weight.numpy(), TYPES.Q8_0), TYPES.Q8_0)
+    error = (torch.from_numpy(restored).double() - weight.double()).abs()
+    limit = gguf_export.q8_0_rounding_limit(weight.double())
+    assert (error <= limit).all()
+    block_max = weight.abs().reshape(-1, 32).amax(dim=1, keepdim=True).expand(-1, 32).reshape(weight.shape).double()
+    assert (error > block_max / 127 * 0.5 + block_max * 2.0**-11).any()  # the normal-scale formula alone fails
