@@ -58,16 +58,21 @@ FLOAT32_FACTOR = 8.0
 # the same first calls). An export compares logits at 1e-6: every process that computes them (this one, the
 # plain-transformers check) makes those first calls before.
 VECTOR_MATH_FUNCTIONS = ("tanh", "exp", "log", "sqrt", "erf", "sin", "cos", "atan")
+
+
+def warm_up_vector_math() -> None:
+    """Make this process's first MKL vector-math calls (see `VECTOR_MATH_FUNCTIONS`) before logits are compared."""
+    values = torch.linspace(0.01, 4.0, 4 * 2048 * torch.get_num_threads())  # >= 2048 elements for every thread
+    for name in VECTOR_MATH_FUNCTIONS:
+        getattr(torch, name)(values)
+
+
+# The same first calls, as source for a child process that cannot import this package.
 WARM_UP_VECTOR_MATH = (
     "values = torch.linspace(0.01, 4.0, 4 * 2048 * torch.get_num_threads())\n"
     f"for name in {VECTOR_MATH_FUNCTIONS!r}:\n"
     "    getattr(torch, name)(values)\n"
 )
-
-
-def warm_up_vector_math() -> None:
-    """Make this process's first MKL vector-math calls (see `VECTOR_MATH_FUNCTIONS`) before logits are compared."""
-    exec(WARM_UP_VECTOR_MATH, {"torch": torch})
 
 
 EXPORT_REPORT_NAME = "export_report.json"

@@ -499,7 +499,7 @@ def export_gguf(
         raise ValueError(f"dtype must be one of {list(GGUF_DTYPES)}, got {dtype!r}")
     if llama_cpp and not llama_cpp_available():
         raise ImportError(
-            "checking the GGUF in llama.cpp needs llama-cpp-python (pip install 'hf-scratch-gpt[export-llama]', which "
+            "checking the GGUF in llama.cpp needs llama-cpp-python (pip install 'hf-scratch-gpt[llama]', which "
             "compiles llama.cpp), or pass llama_cpp=False (--no-llama-cpp) to check it with gguf's reader only"
         )
     source_dir, out = Path(model_dir), Path(out)

@@ -239,7 +239,7 @@ def test_a_weight_in_the_wrong_layout_is_refused(tmp_path, tiny_folder, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
-NO_LLAMA_CPP = "llama-cpp-python is not installed (pip install 'hf-scratch-gpt[export-llama]')"
+NO_LLAMA_CPP = "llama-cpp-python is not installed (pip install 'hf-scratch-gpt[llama]')"
 
 
 # llama.cpp itself. llama-cpp-python compiles llama.cpp when it installs (tens of minutes on two cores), so it is
