@@ -30,9 +30,9 @@ are compared with a float64 evaluation of the file's own weights with exactly th
 the exact model is the format's own error (`format_error`, measured for this model and prompt). The two cannot
 agree to float32 rounding: both round at the same places, but a value within float32 rounding of a rounding
 boundary (of an F16, of a Q8_0 step) lands on one side in llama.cpp and on the other in the reference, and past the
-first such value their roundings are independent. Measured (2 to 6 layers, widths 64 to 512, f32/f16/q8_0):
-llama.cpp lies within 0.0 to 0.4 x `format_error` of the reference (exactly, to 5e-7, where no value met a
-boundary), and ~1.0 x from the reference with an exact GELU instead of the table. It is held to
+first such value their roundings are independent, more so the deeper the model. Measured (2 to 12 layers, widths
+64 to 768, f32/f16/q8_0): llama.cpp lies within 0.0 to 0.66 x `format_error` of the reference (to 5e-7 where no
+value met a boundary; 0.66 at 12 layers), and ~1.0 x from a reference with an exact GELU. It is held to
 `GGML_AGREEMENT` x `format_error` + float32 rounding (independent rounding noise of one size differs by about
 sqrt(2) of it); a wrong tensor, layout or hyperparameter gives errors of the order of the logits. Its difference to
 ScratchGPT's float32 logits (`max_abs_diff`) is then at most 3 x `format_error` + float32 rounding. The figures
