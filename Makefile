@@ -18,7 +18,7 @@ SHOW_VERSIONS = -m pip list --format=freeze --disable-pip-version-check 2>/dev/n
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0  # the CPU wheel; an unpinned torch pulls a multi-GB CUDA build
+	$(PIP) torch==2.13.0  # pinned; which build pip gets (CPU or CUDA) depends on the index: see README, Install
 	$(PIP) -e .
 	touch $@
 
@@ -36,7 +36,7 @@ test: $(VENV)/.installed-dev
 	@echo "pinned world:"; $(PY) $(SHOW_VERSIONS)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
 
-# No constraints file; torch is still pinned to the CPU wheel (an unpinned torch pulls a multi-GB CUDA build).
+# No constraints file; torch is still pinned (an unpinned one would move the tested torch too).
 $(NEWEST_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(NEWEST_VENV)
 	$(NEWEST_PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0

@@ -234,6 +234,7 @@ def run_demo(options: DemoOptions, report: Callable[[str], None] | None = None) 
         use_cpu=not torch.cuda.is_available(),
         dataloader_drop_last=True,
     )
+    adopt_earlier_demo_folder(output_dir)
     trained = train_with_trainer(model_args, data_args, training_args, callbacks=[StepProgress(report)])
 
     # Evaluate the saved folder, exactly as a user would load it.
@@ -271,6 +272,23 @@ def run_demo(options: DemoOptions, report: Callable[[str], None] | None = None) 
     recorded = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
     write_json({**recorded, "demo": result}, metrics_file)
     return result
+
+
+def adopt_earlier_demo_folder(output_dir: Path) -> None:
+    """A folder that an earlier demo wrote before `train` marked its outputs (its metrics.json has the demo's
+    record) is the demo's own: mark it, so that running the demo again trains into it instead of being refused as
+    a folder `train` did not write. Any other folder is left to `train`'s check."""
+    from .training.components import TRAIN_OUTPUT_MARK
+
+    metrics_file = output_dir / "metrics.json"
+    if (output_dir / TRAIN_OUTPUT_MARK).exists() or not metrics_file.is_file():
+        return
+    try:
+        recorded = json.loads(metrics_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(recorded, dict) and isinstance(recorded.get("demo"), dict):
+        (output_dir / TRAIN_OUTPUT_MARK).touch()
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:

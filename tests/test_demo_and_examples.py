@@ -163,3 +163,20 @@ def test_fsdp_config_is_a_valid_accelerate_config():
     config = ClusterConfig.from_yaml_file(str(ROOT / "examples" / "accelerate_fsdp.yaml"))
     assert config.distributed_type == "FSDP"
     assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "ScratchGPTBlock"
+
+
+def test_a_folder_an_earlier_demo_wrote_is_trained_into_again(tmp_path):
+    """Before train marked its outputs, a demo folder had no mark; the demo adopts its own, nothing else."""
+    from hf_scratch_gpt.demo import adopt_earlier_demo_folder
+    from hf_scratch_gpt.training.components import TRAIN_OUTPUT_MARK, check_output_dir
+
+    earlier, other = tmp_path / "demo", tmp_path / "other"
+    for folder, record in ((earlier, {"demo": {"trained_steps": 1200}}), (other, {"eval_loss": 1.0})):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"")
+        (folder / "metrics.json").write_text(json.dumps(record))
+        adopt_earlier_demo_folder(folder)
+    assert (earlier / TRAIN_OUTPUT_MARK).exists() and not (other / TRAIN_OUTPUT_MARK).exists()
+    check_output_dir(earlier)
+    with pytest.raises(FileExistsError, match="holds files that train did not write"):
+        check_output_dir(other)
