@@ -241,9 +241,9 @@ def _export(args: argparse.Namespace) -> int:
 
     options = {"overwrite": args.overwrite}
     if args.to == "gguf":
-        options["dtype"] = args.gguf_type
-    elif args.gguf_type != "f32":
-        raise ValueError(f"--gguf-type is for --to gguf only, not --to {args.to}")
+        options.update(dtype=args.gguf_type, llama_cpp=not args.no_llama_cpp)
+    elif args.gguf_type != "f32" or args.no_llama_cpp:
+        raise ValueError(f"--gguf-type and --no-llama-cpp are for --to gguf only, not --to {args.to}")
     report = export_model(args.model, args.out, args.to, **options)
     print(json.dumps(report.to_dict(), indent=2))
     return 0
@@ -257,6 +257,9 @@ def _add_export(subparsers) -> None:
     parser.add_argument("out", help="gpt2: a folder; onnx: a folder; gguf: a .gguf file")
     parser.add_argument("--to", choices=EXPORT_FORMATS, required=True)
     parser.add_argument("--gguf-type", choices=GGUF_TYPES, default="f32", help="gguf: the tensor type")
+    parser.add_argument("--no-llama-cpp", action="store_true",
+                        help="gguf: check the file without running it in llama.cpp (which needs the llama extra, "
+                        "llama-cpp-python); the tensors, metadata and tokenizer are still checked")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT an export wrote")
     parser.set_defaults(handler=_export)
 

@@ -41,6 +41,8 @@ COPIED = ("benchmarks",)
 SMALL_MODEL = "n_positions=128,n_embd=32,n_layer=2,n_head=2"  # the demo's context
 
 NOT_RUN = {
+    "hf-scratch-gpt export runs/demo runs/demo-q8_0.gguf --to gguf --gguf-type q8_0":
+        "needs llama-cpp-python (the llama extra compiles llama.cpp); tests/export runs it with -m slow",
     "make test": "this test suite itself",
     ".venv/bin/python benchmarks/compare_gpt2.py": "benchmark: about 10 minutes on 2 cores (the README's table)",
     ".venv/bin/python benchmarks/compare_gpt2.py --device cuda --preset 355M --train-batch 16 --train-seq 1024":

@@ -59,3 +59,13 @@ def test_export_gguf_type_is_for_gguf_only(tmp_path, capsys):
                        capsys)
     assert code == 1 and "--gguf-type" in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_export_to_gguf_without_llama_cpp_checks_the_file(tmp_path, capsys):
+    pytest.importorskip("gguf", reason="the export extra (gguf) is not installed")
+    save_tiny_model_folder(tmp_path / "model")
+    out = tmp_path / "tiny.gguf"
+    code, printed, err = run(["export", str(tmp_path / "model"), str(out), "--to", "gguf", "--gguf-type", "f16",
+                              "--no-llama-cpp"], capsys)
+    assert code == 0, err
+    assert out.read_bytes()[:4] == b"GGUF" and json.loads(printed)["max_abs_diff"] >= 0
