@@ -135,6 +135,14 @@ def check_forward_kwargs(owner: str, kwargs: dict) -> None:
         )
 
 
+def check_generate_options(kwargs: dict, default_config) -> None:
+    """`generate`'s beam count: transformers divides by it (`num_beams=0` is a ZeroDivisionError deep inside)."""
+    config = kwargs.get("generation_config") or default_config
+    num_beams = kwargs.get("num_beams", getattr(config, "num_beams", 1))
+    if num_beams is not None and (isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1):
+        raise ValueError(f"num_beams must be an integer >= 1 (1: no beam search), got {num_beams!r}")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Labels
 # ---------------------------------------------------------------------------------------------------------------------

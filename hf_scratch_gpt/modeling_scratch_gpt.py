@@ -34,6 +34,7 @@ from .checks_scratch_gpt import (
     IGNORE_INDEX,
     check_folder_before_loading,
     check_forward_kwargs,
+    check_generate_options,
     check_inputs,
     check_loss_inputs,
     check_shift_labels,
@@ -397,12 +398,13 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         self.post_init()
 
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`, with the weights first stored for fast decoding
+        """`GenerationMixin.generate`, with the beam count checked and the weights first stored for fast decoding
         (`store_linear_weights_transposed`, once; a model in training mode is left as it is).
 
         Done here rather than at construction: training, `Trainer` and Accelerate checkpoints keep the contiguous
         storage they expect (safetensors' shared-tensor check cannot read a transposed tied weight).
         """
+        check_generate_options(kwargs, self.generation_config)
         if not self.training:
             store_linear_weights_transposed(self)
         return super().generate(*args, **kwargs)

@@ -215,3 +215,17 @@ def test_a_full_4d_mask_is_used(tiny_model):
     causal = torch.full((4, 4), torch.finfo(torch.float32).min).triu(1)[None, None]
     with torch.no_grad():
         torch.testing.assert_close(tiny_model(ids, attention_mask=causal).logits, tiny_model(ids).logits)
+
+
+@pytest.mark.parametrize("num_beams", [0, -1, 1.5])
+def test_generate_refuses_a_beam_count_below_one(tiny_model, num_beams):
+    """transformers' own generate divides by num_beams: 0 was a ZeroDivisionError deep inside it."""
+    from transformers import GenerationConfig
+
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match=r"num_beams must be an integer >= 1"):
+        tiny_model.generate(ids, num_beams=num_beams, max_new_tokens=2)
+    config = GenerationConfig(max_new_tokens=2)
+    config.num_beams = num_beams  # set after construction: GenerationConfig's own validation runs at generate time
+    with pytest.raises(ValueError, match=r"num_beams must be an integer >= 1"):
+        tiny_model.generate(ids, generation_config=config)
