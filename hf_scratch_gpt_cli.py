@@ -475,7 +475,10 @@ def _add_card(subparsers) -> None:
 def _push(args: argparse.Namespace) -> int:
     from hf_scratch_gpt.hub import push_to_hub
 
-    plan = push_to_hub(args.model_dir, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run)
+    plan = push_to_hub(
+        args.model_dir, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run,
+        as_gpt2=args.as_format == "gpt2",
+    )
     action = "would upload" if args.dry_run else "uploaded"
     target = f"{plan.repo_id}@{plan.revision}" if plan.revision else plan.repo_id
     print(f"{action} to {target} ({'private' if plan.private else 'public'}):")
@@ -495,6 +498,8 @@ def _add_push(subparsers) -> None:
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     parser.add_argument("--dry-run", action="store_true", help="check the folder and list the files; send nothing")
+    parser.add_argument("--as", dest="as_format", choices=("scratch_gpt", "gpt2"), default="scratch_gpt",
+                        help="gpt2: push the plain transformers GPT-2 export (no custom code, no trust_remote_code)")
     parser.set_defaults(handler=_push)
 
 

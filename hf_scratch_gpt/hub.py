@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -399,30 +400,47 @@ def push_to_hub(
     private: bool = False,
     revision: str | None = None,
     token: str | None = None,
-    commit_message: str = "Upload ScratchGPT model (weights, tokenizer, code, card)",
+    commit_message: str | None = None,
     dry_run: bool = False,
+    as_gpt2: bool = False,
 ) -> PushPlan:
     """Upload a saved model folder to the Hub repo `repo_id` in one commit (creating the repo, and the branch
-    `revision` when given). With `dry_run=True` nothing is sent: the returned plan lists what would be uploaded."""
+    `revision` when given). With `dry_run=True` nothing is sent: the returned plan lists what would be uploaded.
+
+    `as_gpt2=True` uploads the model as a plain transformers `GPT2LMHeadModel` instead (no custom code, no
+    `trust_remote_code`): the folder `hf_scratch_gpt.export.export_gpt2` writes, checked in transformers alone,
+    into a temporary folder first (`plan.model_dir` is then that export, gone once the push returns).
+    """
     check_repo_id(repo_id)
-    model_dir = Path(model_dir)
-    files, skipped = plan_upload(model_dir)
-    plan = PushPlan(repo_id=repo_id, private=private, revision=revision, model_dir=model_dir, files=files, skipped=skipped)
-    if skipped:
-        logger.info("not uploading %s (not part of a model repo)", skipped)
-    if dry_run:
-        return plan
+    with tempfile.TemporaryDirectory(prefix="hf-scratch-gpt-push-") as scratch:
+        if as_gpt2:
+            from .export import export_gpt2
 
-    from huggingface_hub import CommitOperationAdd, HfApi
+            source = Path(scratch) / "gpt2"
+            files, skipped = sorted(export_gpt2(model_dir, source).files), []
+        else:
+            source = Path(model_dir)
+            files, skipped = plan_upload(source)
+        plan = PushPlan(repo_id=repo_id, private=private, revision=revision, model_dir=source, files=files, skipped=skipped)
+        if skipped:
+            logger.info("not uploading %s (not part of a model repo)", skipped)
+        if dry_run:
+            return plan
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    if revision is not None:
-        api.create_branch(repo_id, repo_type="model", branch=revision, exist_ok=True)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(model_dir / name)) for name in files]
-    commit = api.create_commit(
-        repo_id, operations=operations, commit_message=commit_message, repo_type="model", revision=revision
-    )
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, repo_type="model", branch=revision, exist_ok=True)
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(source / name)) for name in files]
+        default_message = "Upload as a plain GPT-2 (weights, tokenizer, card)" if as_gpt2 else (
+            "Upload ScratchGPT model (weights, tokenizer, code, card)"
+        )
+        commit = api.create_commit(
+            repo_id, operations=operations, commit_message=commit_message or default_message, repo_type="model",
+            revision=revision,
+        )
     plan.commit_url = getattr(commit, "commit_url", None) or str(commit)
     logger.info("pushed %d files to %s (%s)", len(files), repo_id, plan.commit_url)
     return plan

@@ -412,3 +412,26 @@ def test_saved_folder_holds_code_auto_map_tokenizer_and_generation_config(saved_
     }
     generation_config = json.loads((folder / "generation_config.json").read_text())
     assert generation_config["eos_token_id"] == 0
+
+
+def test_push_as_gpt2_uploads_the_plain_transformers_export(folder_copy, monkeypatch):
+    """push --as gpt2: the files export_gpt2 writes (checked in transformers alone), no custom code, one commit."""
+    hub = FakeHub(monkeypatch)
+    plan = push_to_hub(folder_copy, "someone/tiny-gpt2", as_gpt2=True)
+    assert sorted(hub.uploaded) == plan.files and "model.safetensors" in plan.files
+    assert not [name for name in plan.files if name.endswith(".py")], plan.files
+    config = json.loads(hub.uploaded["config.json"])
+    assert config["model_type"] == "gpt2" and "auto_map" not in config
+    assert [call[0] for call in hub.calls] == ["create_repo", "create_commit"]
+    repo = folder_copy.parent / "uploaded"
+    repo.mkdir()
+    for name, content in hub.uploaded.items():
+        (repo / name).write_bytes(content)
+    from transformers import GPT2LMHeadModel
+
+    from hf_scratch_gpt import load_model, to_hf_gpt2
+
+    expected = to_hf_gpt2(load_model(folder_copy)).state_dict()
+    for name, tensor in GPT2LMHeadModel.from_pretrained(repo).state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    assert push_to_hub(folder_copy, "someone/tiny-gpt2", as_gpt2=True, dry_run=True).files == plan.files
