@@ -251,6 +251,13 @@ def test_the_installed_command_is_the_light_module():
     assert package_cli.main is hf_scratch_gpt_cli.main
 
 
+def test_python_m_hf_scratch_gpt_runs_the_command_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hf_scratch_gpt", "smoke", "--text", "abc"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["tokens"] == 3
+
+
 def test_values_the_parser_repeats_agree_with_the_package(capsys):
     from hf_scratch_gpt.demo import DemoOptions
     from hf_scratch_gpt.hub import CARD_TEMPLATES
