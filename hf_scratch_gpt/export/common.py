@@ -52,16 +52,15 @@ EPS32 = torch.finfo(torch.float32).eps
 # which shows as errors of the order of the logits themselves.
 FLOAT32_FACTOR = 8.0
 
-# torch computes tanh (GPT-2's "gelu_new"), exp, erf, ... of float32 CPU tensors with MKL's vector math, one chunk
-# of >= 2048 elements per thread. On AVX-512 Xeons the very first such call in a process, made by two threads at
-# once, returned one thread's chunk up to 5e-5 off in a few percent of processes (issue 15; tests/conftest.py makes
-# the same first calls). An export compares logits at 1e-6: every process that computes them (this one, the
-# plain-transformers check) makes those first calls before.
+# torch's vectorised tanh (GPT-2's "gelu_new"), exp, erf, ... of float32 CPU tensors run one chunk of >= 2048
+# elements per thread; on some CPUs the very first such call in a process can return one thread's chunk slightly
+# inaccurate (up to ~5e-5). An export compares logits near float32 rounding, so every process that computes them
+# (this one, the plain-transformers check) makes those first calls before.
 VECTOR_MATH_FUNCTIONS = ("tanh", "exp", "log", "sqrt", "erf", "sin", "cos", "atan")
 
 
 def warm_up_vector_math() -> None:
-    """Make this process's first MKL vector-math calls (see `VECTOR_MATH_FUNCTIONS`) before logits are compared."""
+    """Make this process's first vector-math calls (see `VECTOR_MATH_FUNCTIONS`) before logits are compared."""
     values = torch.linspace(0.01, 4.0, 4 * 2048 * torch.get_num_threads())  # >= 2048 elements for every thread
     for name in VECTOR_MATH_FUNCTIONS:
         getattr(torch, name)(values)

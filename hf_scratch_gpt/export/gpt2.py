@@ -66,8 +66,8 @@ TRAINING_ONLY_FIELDS = ("label_smoothing", "loss_chunk_size")
 PLAIN_CHECK_TIMEOUT_S = 600
 
 # Run in a new interpreter: arguments FOLDER, IDS (JSON list), TEXT, LOGITS_OUT (.npy). Importing hf_scratch_gpt
-# raises; MKL's first vector-math calls are made before the forward (common.WARM_UP_VECTOR_MATH: a new process's
-# first tanh on two threads can be 5e-5 off); the model and tokenizer load with trust_remote_code=False; prints one
+# raises; the first vector-math calls are made before the forward (common.WARM_UP_VECTOR_MATH: a new process's
+# first tanh can be slightly off); the model and tokenizer load with trust_remote_code=False; prints one
 # JSON line of facts.
 PLAIN_TRANSFORMERS_CHECK = textwrap.dedent(
     """
