@@ -84,9 +84,9 @@ def chunked_causal_lm_loss(
     """`causal_lm_loss(hidden_states @ weightᵀ, labels, ..., shift_labels=...)` without holding the (B, T, V) logits.
 
     Same shift (or none with `shift_labels`), -100 masking, float32 accumulation, `num_items_in_batch` and
-    label-smoothing semantics, equal to float32 rounding in value and gradients. Only the scored positions are projected, `chunk_size` at a time, so
-    peak memory for the head is one (chunk_size, V) float32 buffer instead of the logits, their float32 copy and
-    their gradient.
+    label-smoothing semantics, equal to float32 rounding in value and gradients. Only the scored positions are
+    projected, `chunk_size` at a time, so peak memory for the head is one (chunk_size, V) float32 buffer instead of
+    the logits, their float32 copy and their gradient.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

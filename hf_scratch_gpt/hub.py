@@ -421,7 +421,9 @@ def push_to_hub(
         else:
             source = Path(model_dir)
             files, skipped = plan_upload(source)
-        plan = PushPlan(repo_id=repo_id, private=private, revision=revision, model_dir=source, files=files, skipped=skipped)
+        plan = PushPlan(
+            repo_id=repo_id, private=private, revision=revision, model_dir=source, files=files, skipped=skipped
+        )
         if skipped:
             logger.info("not uploading %s (not part of a model repo)", skipped)
         if dry_run:

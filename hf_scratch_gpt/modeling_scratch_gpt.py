@@ -234,8 +234,8 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained`, safetensors only, with the weight files of a local folder checked
-        before anything is read (`check_folder_before_loading`) and a tensor missing from the files an error instead of a
-        fresh random init.
+        before anything is read (`check_folder_before_loading`), a tied head checked against the files, and a
+        tensor missing from the files an error instead of a fresh random init.
 
         The class's own, so plain `AutoModelForCausalLM.from_pretrained` is guarded too, with the package imported
         or through trust_remote_code. Built on the public method only: no private loading step has to keep being
