@@ -11,7 +11,7 @@ NEWEST_VENV ?= .venv-newest
 NEWEST_PY := $(NEWEST_VENV)/bin/python
 # The libraries whose versions a test run prints first (the closing note and README quote them).
 SHOW_VERSIONS = -m pip list --format=freeze --disable-pip-version-check 2>/dev/null | grep -iE \
-	'^(torch|transformers|accelerate|datasets|tokenizers|safetensors|huggingface.hub|evaluate|numpy|tensorflow-cpu|onnx|onnxruntime|gguf)==' \
+	'^(torch|transformers|accelerate|datasets|tokenizers|safetensors|huggingface.hub|evaluate|numpy|tensorflow.cpu|onnx|onnxruntime|gguf)==' \
 	| tr '\n' ' '; echo
 
 .PHONY: demo test test-newest install install-dev clean
