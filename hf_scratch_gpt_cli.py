@@ -17,6 +17,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
@@ -294,7 +295,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate_model(
             args.model, text_file=args.text_file, dataset=args.dataset, dataset_config=args.dataset_config,
             dataset_split=args.split, text_column=args.text_column, stride=args.stride, device=args.device,
-            validation_fraction=args.validation_fraction, split_seed=args.split_seed,
+            validation_fraction=args.validation_fraction, split_seed=args.split_seed, dtype=args.dtype,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
@@ -324,6 +325,7 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--stride", type=_positive_int, default=None,
                         help="sliding-window step (default: n_positions // 2)")
     parser.add_argument("--device", type=_device, default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
+    _add_inference_dtype(parser)
     parser.set_defaults(handler=_evaluate)
 
 
@@ -409,6 +411,14 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_inference_dtype(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+        help="load the weights in this dtype. auto (default): the checkpoint's, but float32 for a bf16/fp16 "
+        "checkpoint on a CPU without bf16/fp16 instructions, where half precision is several times slower",
+    )
+
+
 def _add_generate(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate", help="continue a prompt with a saved model (greedy by default; sampling with --temperature/--top-k/--top-p)"
@@ -429,10 +439,7 @@ def _add_generate(subparsers) -> None:
         help="for each generated position, print the K most likely next tokens: softmax of the raw logits",
     )
     parser.add_argument("--revision", default=None, help="Hub revision when MODEL is a repo id")
-    parser.add_argument(
-        "--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-        help="load the weights in this dtype (default: the checkpoint's); bfloat16 halves the bytes read per token",
-    )
+    _add_inference_dtype(parser)
     parser.set_defaults(handler=_generate)
 
 
@@ -568,7 +575,28 @@ def _debug_requested(args: argparse.Namespace | None) -> bool:
     return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "") not in ("", "0")
 
 
+@contextmanager
+def _package_warnings_on_one_line():
+    """The package's own warnings (e.g. a dtype this CPU runs slowly) printed as one line, without the source line."""
+    with warnings.catch_warnings():  # restores warnings.showwarning on exit
+        shown_elsewhere = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if category.__module__.startswith("hf_scratch_gpt"):
+                print(f"{PROG}: warning: {message}", file=file or sys.stderr)
+            else:
+                shown_elsewhere(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with _package_warnings_on_one_line():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     # `train` hands its unknown flags to HfArgumentParser (run_clm-style dataclass fields); others accept none.
     args, extra = parser.parse_known_args(argv)

@@ -23,8 +23,6 @@ import copy
 import gc
 import json
 import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,10 +31,12 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import hf_scratch_gpt
 from hf_scratch_gpt import ScratchGPTConfig
+from hf_scratch_gpt.cpu import describe_cpu
 
 HERE = Path(__file__).resolve().parent
 
@@ -324,7 +324,10 @@ def fmt_bytes(n: float) -> str:
 
 
 def markdown_table(r: dict) -> str:
-    rows = ["| measurement | GPT2LMHeadModel | ScratchGPT | ratio |", "|---|---:|---:|---:|"]
+    """The table, headed by the machine (on CPU: model, cores and the flags that decide float32/bf16 speed) and
+    the versions: a figure is only comparable with figures from the same kind of CPU."""
+    head = f"{r['machine']}; torch {r['torch']}, transformers {r.get('transformers', '?')}, {r['threads']} threads"
+    rows = [head, "", "| measurement | GPT2LMHeadModel | ScratchGPT | ratio |", "|---|---:|---:|---:|"]
     for dtype in ("float32", "bf16"):
         key = f"train_{dtype}"
         if key in r:
@@ -418,9 +421,8 @@ def main(argv=None) -> int:
         return 0
 
     r: dict = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu"
-        else torch.cuda.get_device_name(),
-        "device": args.device, "preset": args.preset, "torch": torch.__version__,
+        "machine": describe_cpu() if args.device == "cpu" else torch.cuda.get_device_name(),
+        "device": args.device, "preset": args.preset, "torch": torch.__version__, "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
     }
     pair = build_pair(args.preset, args.device)

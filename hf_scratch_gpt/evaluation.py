@@ -325,13 +325,15 @@ def evaluate_model(
     device: str | None = None,
     validation_fraction: float | None = None,
     split_seed: int | None = None,
+    dtype="auto",
 ) -> dict[str, float | int | str | None]:
     """`hf-scratch-gpt evaluate`: metrics of a saved model folder (model + tokenizer) on a text file or dataset.
 
     A text file is scored as one text; a dataset document by document, from the split `load_evaluation_documents`
     picks (`dataset_split`; for the embedded corpus and local files the split training made of the corpus the
     folder's metrics.json names, a file that is not that corpus being scored whole). The result names the `split`
-    scored and the number of `documents`.
+    scored and the number of `documents`. `dtype` is `load_model`'s (default "auto": the checkpoint's, float32 where
+    the CPU has no instructions for it).
     """
     from .loading import load_model, load_tokenizer
 
@@ -359,7 +361,8 @@ def evaluate_model(
         texts, count = _dataset_texts(documents, text_column), len(documents)
     # load_model checks the folder first: a missing or mis-shaped tensor is an error, never a random init.
     tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path)
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    model = load_model(model_path, dtype=None if dtype == "auto" and not on_cpu else dtype)
     if device:
         model.to(device)
     result: dict[str, float | int | str | None] = evaluate_texts(

@@ -328,15 +328,29 @@ def load_model(
     """Load a ScratchGPT model from a saved folder or a Hub repo id, checked first, safetensors only.
 
     `dtype` (`torch.bfloat16` or `"bfloat16"`, likewise float32/float16): the dtype the weights are loaded in;
-    None keeps the checkpoint's own. Other `kwargs` go to `from_pretrained` (e.g. `attn_implementation`,
-    `quantization_config`). Returns the model in eval mode.
+    None keeps the checkpoint's own; `"auto"` keeps it too, except a bf16/fp16 checkpoint on a CPU without
+    instructions for that dtype, which loads in float32 (`hf_scratch_gpt.cpu.auto_dtype`). An explicit bf16/fp16 on
+    such a CPU warns (`SlowDtypeWarning`). Other `kwargs` go to `from_pretrained` (e.g. `attn_implementation`,
+    `quantization_config`). Returns the model in eval mode, on the CPU unless `device_map` says otherwise.
     """
+    import torch
+
+    from .cpu import auto_dtype, warn_if_slow_on_cpu
+
     if "use_safetensors" in kwargs and kwargs["use_safetensors"] is not True:
         raise ValueError("load_model reads safetensors only; use_safetensors must be True (or left out)")
-    if dtype is not None:
-        kwargs["dtype"] = resolve_dtype(dtype)
     folder = resolve_model_folder(name_or_path, revision=revision)
-    check_model_folder(folder)
+    config = check_model_folder(folder)
+    device = kwargs.get("device_map") if isinstance(kwargs.get("device_map"), str) else "cpu"
+    device = "cpu" if device == "auto" else device
+    if dtype == "auto":
+        saved = getattr(torch, config.dtype) if isinstance(config.dtype, str) else config.dtype
+        dtype = auto_dtype(saved, device=device)
+    elif dtype is not None:
+        dtype = resolve_dtype(dtype)
+        warn_if_slow_on_cpu(dtype, device=device)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
     check_generation_config_file(folder)
     kwargs["use_safetensors"] = True
     model, info = ScratchGPTForCausalLM.from_pretrained(folder, output_loading_info=True, **kwargs)
