@@ -15,8 +15,10 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     """sum_i CE(hidden_i @ weightᵀ, target_i), with the gradients computed chunk by chunk during the forward.
 
     The (N, V) logits exist only one chunk at a time (float32); what is kept for backward is the gradient with
-    respect to `hidden` (N, C) and `weight` (V, C), scaled by the incoming gradient in `backward`. Under autocast
-    the matmuls run in the autocast dtype, as `nn.Linear` would; the weight is cast once, not once per chunk.
+    respect to `hidden` (N, C) and `weight` (V, C), scaled in place by the incoming gradient in `backward` and
+    handed over (so autograd adopts the (V, C) buffer instead of copying it; a second backward through the same
+    graph is refused). Under autocast the matmuls run in the autocast dtype, as `nn.Linear` would; the weight is
+    cast once, not once per chunk.
     """
 
     @staticmethod
@@ -27,7 +29,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
         want_grad_hidden, want_grad_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if want_grad_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad_weight else None
+        grad_weight = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) if want_grad_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         with torch.autocast(device_type, enabled=False):
             weight_c = weight.to(compute_dtype)  # (V, C)
@@ -56,19 +58,35 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 grad_logits = grad_logits.to(compute_dtype)
                 if want_grad_hidden:
                     grad_hidden[start : start + chunk_size] = grad_logits @ weight_c
-                if want_grad_weight:
-                    grad_weight += grad_logits.t() @ chunk
-        ctx.save_for_backward(grad_hidden, grad_weight)
+                if want_grad_weight:  # float32: accumulated inside the product, no zero fill or (V, C) temporary
+                    if compute_dtype != torch.float32:  # a half-precision product, accumulated in float32
+                        product = grad_logits.t() @ chunk
+                        grad_weight.copy_(product) if start == 0 else grad_weight.add_(product)
+                    elif start == 0:
+                        torch.mm(grad_logits.t(), chunk, out=grad_weight)
+                    else:
+                        grad_weight.addmm_(grad_logits.t(), chunk)
+        if want_grad_weight and hidden.size(0) == 0:
+            grad_weight.zero_()
+        # Intermediates, not inputs or outputs: kept on ctx so that backward can hand the buffers over.
+        ctx.grads = (grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        grads = getattr(ctx, "grads", None)
+        if grads is None:
+            raise RuntimeError(
+                "backward ran twice through chunked_causal_lm_loss, whose gradients are computed once in the "
+                "forward; call the loss again for a second backward (retain_graph is not supported)"
+            )
+        del ctx.grads
+        grad_hidden, grad_weight = grads
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
+            grad_hidden.mul_(grad_total.to(grad_hidden.dtype))
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+            grad_weight = grad_weight.mul_(grad_total).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None
 
 

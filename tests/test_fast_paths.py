@@ -72,6 +72,16 @@ def test_fused_under_bf16_autocast_close_to_explicit():
         torch.testing.assert_close(fast, reference, rtol=5e-2, atol=5e-3)
 
 
+def test_a_second_backward_through_the_fused_loss_is_refused_not_scaled_twice():
+    hidden, weight, labels = _inputs(seed=6)
+    loss = chunked_causal_lm_loss(hidden, weight, labels, chunk_size=4)
+    loss.backward(retain_graph=True)  # the gradient buffers are handed to autograd (and scaled in place) once
+    first = weight.grad.clone()
+    with pytest.raises(RuntimeError, match="backward ran twice through chunked_causal_lm_loss"):
+        loss.backward()
+    assert torch.equal(weight.grad, first)
+
+
 def test_chunk_size_must_be_positive():
     hidden, weight, labels = _inputs(seed=0)
     with pytest.raises(ValueError, match="chunk_size must be >= 1, got 0"):
