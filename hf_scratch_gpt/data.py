@@ -22,6 +22,10 @@ Sources (`load_documents`):
 - anything else: a Hugging Face Hub dataset id (`name` or `owner/name`) → `datasets.load_dataset(id, config,
   split=...)`; needs the Hub (or its local cache).
 
+Conversations (`load_conversations`, `build_chat_datasets`): records `{"messages": [{"role", "content"}, ...]}`,
+tokenized by the tokenizer's chat template, labels on the assistant's tokens only (docs/chat.md), one conversation
+per example, padded by `CompletionCollator`.
+
 Bad input fails before training with the file and line (row for Parquet) named: bad UTF-8, a malformed JSON line, a
 line that is not a JSON object (e.g. an array), a record without the text field (or with null text), or a text field
 that holds an object, array, number or boolean instead of a string (`check_text_records`, the one check of text
