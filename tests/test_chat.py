@@ -176,7 +176,8 @@ def write_chat_file(path, count=24):
         messages += [{"role": "user", "content": f"What is {a} plus {b}?"},
                      {"role": "assistant", "content": f"{a + b}."}]  # fmt: skip
         if i % 3 == 0:
-            messages += [{"role": "user", "content": "Twice that?"}, {"role": "assistant", "content": f"{2 * (a + b)}."}]
+            messages += [{"role": "user", "content": "Twice that?"},
+                         {"role": "assistant", "content": f"{2 * (a + b)}."}]  # fmt: skip
         rows.append({"messages": messages})
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
