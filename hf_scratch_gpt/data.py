@@ -22,6 +22,10 @@ Sources (`load_documents`):
 - anything else: a Hugging Face Hub dataset id (`name` or `owner/name`) → `datasets.load_dataset(id, config,
   split=...)`; needs the Hub (or its local cache).
 
+Conversations (`load_conversations`, `build_chat_datasets`): records `{"messages": [{"role", "content"}, ...]}`,
+tokenized by the tokenizer's chat template, labels on the assistant's tokens only (docs/chat.md), one conversation
+per example, padded by `CompletionCollator`.
+
 Bad input fails before training with the file and line (row for Parquet) named: bad UTF-8, a malformed JSON line, a
 line that is not a JSON object (e.g. an array), a record without the text field (or with null text), or a text field
 that holds an object, array, number or boolean instead of a string (`check_text_records`, the one check of text
@@ -848,28 +852,303 @@ def _example_labels(feature: dict[str, Any], ids: torch.Tensor, row: int) -> tor
     return labels
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Chat / instruction fine-tuning on conversations
+# ---------------------------------------------------------------------------------------------------------------------
+CHAT_ROLES = ("system", "user", "assistant")
+MESSAGES_COLUMN = "messages"
+
+
+def conversation_problem(record: Any, messages_column: str = MESSAGES_COLUMN) -> str | None:
+    """Why one record is not a conversation `{"messages": [{"role": ..., "content": ...}, ...]}` with at least one
+    assistant turn and roles among `CHAT_ROLES` (None if it is one). Keys other than role and content are ignored."""
+    expected = f"expected a JSON object with field {messages_column!r}: a list of {{role, content}} objects"
+    if not isinstance(record, dict):
+        return f"{_json_kind(record)} ({_preview(record)}), {expected}"
+    messages = record.get(messages_column)
+    if messages is None:
+        return f"no {messages_column!r} field (keys: {sorted(record)}), {expected}"
+    if not isinstance(messages, list):
+        return f"field {messages_column!r} holds {_json_kind(messages)} ({_preview(messages)}), {expected}"
+    if not messages:
+        return f"field {messages_column!r} is an empty list: a conversation needs at least one assistant message"
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message, dict):
+            kind = f"{_json_kind(message)} ({_preview(message)})"
+            return f"message {number} is {kind}, expected an object with role and content"
+        role, content = message.get("role"), message.get("content")
+        if role not in CHAT_ROLES:
+            return f"message {number} has role {_preview(role)}, expected one of {', '.join(CHAT_ROLES)}"
+        if not isinstance(content, str):
+            kind = "no content" if content is None else f"content {_json_kind(content)} ({_preview(content)})"
+            return f"message {number} ({role}) has {kind}, expected a string"
+    if not any(message["role"] == "assistant" for message in messages):
+        return "no assistant message: the loss is taken on assistant tokens only, so there is nothing to learn from"
+    return None
+
+
+def locate_bad_conversation(files: list[str], builder: str, messages_column: str = MESSAGES_COLUMN) -> str | None:
+    """The first record of JSON `files` that is not a conversation (`conversation_problem`), or that is not JSON at
+    all, as 'FILE line N: what' ('FILE record N' in a .json file holding one JSON list); None if none is found.
+    Re-reads the files: called only once a problem is known to exist."""
+    if builder != "json":
+        return None
+    for path in files:
+        if path.lower().endswith(".json"):
+            document = _json_document(path)
+            if isinstance(document, list):
+                for number, record in enumerate(document, start=1):
+                    problem = conversation_problem(record, messages_column)
+                    if problem is not None:
+                        return f"{path} record {number}: {problem}"
+                continue
+            if isinstance(document, dict):
+                problem = conversation_problem(document, messages_column)
+                if problem is not None:
+                    return f"{path}: {problem}"
+                continue
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    return f"{path} line {number}: not valid UTF-8 ({error.reason} at byte {error.start} of the line)"
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    return f"{path} line {number}: not valid JSON ({error.msg})"
+                problem = conversation_problem(record, messages_column)
+                if problem is not None:
+                    return f"{path} line {number}: {problem}"
+    return None
+
+
+def _first_record(files: list[str], builder: str) -> Any:
+    """The first record of the first file, or None when it cannot be read cheaply (a .jsonl line, a .json document's
+    first element, a Parquet file's column names as keys)."""
+    path = files[0]
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return dict.fromkeys(pq.read_schema(path).names)
+        except (pa.ArrowInvalid, OSError):
+            return None
+    if builder != "json":
+        return None
+    if path.lower().endswith(".json"):
+        document = _json_document(path)
+        if isinstance(document, list):
+            return document[0] if document else None
+        if isinstance(document, dict):
+            return document
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                try:
+                    return json.loads(raw.removeprefix(b"\xef\xbb\xbf"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    return None
+    return None
+
+
+def looks_like_chat_data(source: str | None, text_column: str = "text", messages_column: str = MESSAGES_COLUMN) -> bool:
+    """Whether a local source holds conversations: its first record (or a Parquet file's columns) has
+    `messages_column` and no `text_column`. A Hub dataset is not inspected (that would need the Hub): name its
+    column explicitly (`--messages_column`)."""
+    if source is None or source == DEFAULT_CORPUS or not source.strip() or not _looks_like_path(source):
+        return False
+    try:
+        extension, files = resolve_local_files(source)
+    except (FileNotFoundError, ValueError):
+        return False  # `load_documents` names the problem
+    files = [path for path in files if os.path.getsize(path) > 0]
+    if not files:
+        return False
+    record = _first_record(files, LOCAL_BUILDERS[extension][0])
+    return isinstance(record, dict) and messages_column in record and text_column not in record
+
+
+def load_conversations(
+    source: str,
+    messages_column: str = MESSAGES_COLUMN,
+    dataset_config: str | None = None,
+    dataset_split: str = "train",
+    num_proc: int | None = None,
+) -> Dataset:
+    """One conversation per row in `messages_column`: a local .jsonl/.json/.parquet file, folder or glob, or a Hub
+    dataset id. Every record is checked (`conversation_problem`) before anything is tokenized; the first bad one is a
+    `ValueError` naming the file and line (record, for a .json list; row, where there is no file to name)."""
+    if not source or not source.strip() or source == DEFAULT_CORPUS:
+        raise ValueError(f"chat data needs a dataset of conversations, got {source!r}")
+    files: list[str] = []
+    builder = ""
+    if _looks_like_path(source):
+        extension, files = resolve_local_files(source)
+        files = _skip_empty_files(files, source)
+        builder, options = LOCAL_BUILDERS[extension]
+        if builder == "text" or not files:
+            raise ValueError(
+                f"{source!r} holds no conversations: expected .jsonl/.json/.parquet records with a {messages_column!r} "
+                "list of {role, content} messages"
+            )
+        if extension == ".jsonl":
+            problem = next(filter(None, map(_json_lines_problem, files)), None)
+            if problem is not None:
+                raise ValueError(f"cannot read {source!r}: {problem}")
+        try:
+            dataset = load_dataset(
+                builder, data_files=files, split="train", num_proc=_file_workers(num_proc, files), **options
+            )
+        except Exception as error:  # e.g. a content that is a string in one record and a number in another
+            problem = locate_bad_conversation(files, builder, messages_column)
+            if problem is not None:
+                raise ValueError(f"cannot read {source!r}: {problem}") from error
+            raise
+    else:
+        try:
+            dataset = load_dataset(source, dataset_config, split=dataset_split)
+        except ConnectionError as error:
+            raise ConnectionError(
+                f"could not reach the Hugging Face Hub to load dataset {source!r} ({error}); check the network, or "
+                "unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE. A local path must exist (use ./NAME for a folder)"
+            ) from error
+    if messages_column not in dataset.column_names:
+        located = locate_bad_conversation(files, builder, messages_column) if files else None
+        raise ValueError(
+            f"cannot read {source!r}: {located}" if located
+            else f"{source!r} has no column {messages_column!r}; its columns are {dataset.column_names}"
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"{source!r} holds no conversations")
+    # Checked batch by batch from the Arrow cache: the corpus is never held in memory at once.
+    row = 0
+    for batch in dataset.select_columns([messages_column]).iter(batch_size=MAP_BATCH_SIZE):
+        for messages in batch[messages_column]:
+            row += 1
+            problem = conversation_problem({messages_column: messages}, messages_column)
+            if problem is not None:
+                located = locate_bad_conversation(files, builder, messages_column) if files else None
+                raise ValueError(f"cannot read {source!r}: {located or f'row {row}: {problem}'}")
+    return dataset
+
+
+def iterate_conversation_texts(
+    dataset: Dataset, messages_column: str = MESSAGES_COLUMN, batch_size: int = MAP_BATCH_SIZE
+) -> Iterator[list[str]]:
+    """Batches of texts to train a tokenizer on: each message's content, and the role headers the chat template
+    writes (so that they get merges too)."""
+    headers = [f"<|{role}|>\n" for role in CHAT_ROLES]
+    for batch in dataset.select_columns([messages_column]).iter(batch_size=batch_size):
+        yield [text for messages in batch[messages_column] for message in messages
+               for text in (headers[CHAT_ROLES.index(message["role"])], message["content"])]  # fmt: skip
+
+
+def tokenize_conversations(
+    examples: dict[str, list], tokenizer, max_length: int, messages_column: str = MESSAGES_COLUMN
+) -> dict[str, list]:
+    """Batched-map function: each conversation rendered and tokenized by the tokenizer's chat template; `labels` =
+    the ids on assistant tokens (each assistant message's content and its end token, the template's
+    `{% generation %}` span) and -100 on every other token (system, user, role headers). Cut to `max_length` from
+    the right; `num_tokens` is the length before the cut (for counting the conversations cut).
+
+    Raises `ValueError` when the template marks no token of a conversation as the assistant's: a template without
+    `{% generation %}` markers would otherwise train on nothing."""
+    encoded = tokenizer.apply_chat_template(
+        examples[messages_column], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    input_ids, labels, num_tokens = [], [], []
+    for ids, mask in zip(encoded["input_ids"], encoded["assistant_masks"]):
+        if not any(mask):
+            raise ValueError(
+                "the tokenizer's chat template marks no assistant token of a conversation that has an assistant "
+                "message; it needs {% generation %}...{% endgeneration %} around each assistant turn (as "
+                "hf_scratch_gpt.chat_template.CHAT_TEMPLATE has)"
+            )
+        num_tokens.append(len(ids))
+        input_ids.append(ids[:max_length])
+        labels.append([token if marked else IGNORE_INDEX for token, marked in zip(ids[:max_length], mask)])
+    return {"input_ids": input_ids, "labels": labels, "num_tokens": num_tokens}
+
+
+def build_chat_datasets(
+    conversations: DatasetDict,
+    tokenizer,
+    block_size: int,
+    messages_column: str = MESSAGES_COLUMN,
+    num_proc: int | None = None,
+) -> DatasetDict:
+    """Tokenize every split's conversations (`tokenize_conversations`): one conversation per example, never packed
+    with another, so no conversation attends into another. A conversation longer than `block_size` is cut (a warning
+    counts them); one left without an assistant token within the block is dropped (counted too)."""
+    splits = {}
+    for split, dataset in conversations.items():
+        tokenized = dataset.map(
+            tokenize_conversations,
+            batched=True,
+            batch_size=MAP_BATCH_SIZE,
+            remove_columns=dataset.column_names,
+            fn_kwargs={"tokenizer": tokenizer, "max_length": block_size, "messages_column": messages_column},
+            num_proc=default_num_proc(len(dataset)) if num_proc is None else _positive_or_none(num_proc),
+            desc=f"Tokenizing conversations ({split})",
+        )
+        cut = pc.sum(pc.greater(tokenized.data.column("num_tokens"), block_size)).as_py() or 0
+        if cut:
+            logger.warning(
+                "%d of %d %s conversations are longer than block_size %d and are cut to it (their later tokens are "
+                "not trained on)", cut, len(tokenized), split, block_size,
+            )  # fmt: skip
+        tokenized = tokenized.remove_columns("num_tokens")
+        kept = tokenized.filter(
+            _has_target, batched=True, input_columns="labels", desc=f"Conversations with a target ({split})"
+        )
+        if len(kept) == 0:
+            raise ValueError(
+                f"the {split} split has no assistant token within block_size {block_size}: each of its "
+                f"{len(tokenized)} conversations is cut before its first assistant answer; use a larger block_size (up "
+                "to the model's n_positions) or shorter conversations"
+            )
+        if len(kept) < len(tokenized):
+            logger.warning(
+                "%d of %d %s conversations have no assistant token within block_size %d and are left out",
+                len(tokenized) - len(kept), len(tokenized), split, block_size,
+            )  # fmt: skip
+        splits[split] = kept
+    return DatasetDict(splits)
+
+
 __all__ = [
+    "CHAT_ROLES",
     "CompletionCollator",
     "DEFAULT_CORPUS",
     "END_OF_TEXT",
     "LMBlockCollator",
+    "build_chat_datasets",
     "build_lm_datasets",
     "check_text_records",
+    "conversation_problem",
     "default_corpus_documents",
     "default_num_proc",
     "encode_to_arrow",
     "group_into_blocks",
     "in_validation",
+    "iterate_conversation_texts",
     "iterate_texts",
     "keep_pairs_with_targets",
+    "load_conversations",
     "load_documents",
+    "locate_bad_conversation",
     "locate_bad_input",
+    "looks_like_chat_data",
     "pack_blocks",
     "resolve_local_files",
     "split_paragraphs",
     "split_stream_train_validation",
     "split_train_validation",
     "stream_blocks",
+    "tokenize_conversations",
     "tokenize_documents",
     "tokenize_prompt_completion",
     "train_bpe_tokenizer",

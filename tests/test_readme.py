@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 # README first, then the guides; training before scale-out and evaluation, converting after README's conversion.
 DOCS = [README] + [ROOT / "docs" / f"{name}.md" for name in (
-    "model", "training", "scale-out", "evaluation", "generation", "hub", "converting", "guarantees", "performance")]
+    "model", "training", "scale-out", "evaluation", "generation", "hub", "converting", "guarantees", "performance",
+    "chat")]
 LINKED = ("README.md", "examples")  # what README commands read from the repository root
 # Copied, not linked: scripts there write their results under the root above them (runs/benchmarks/gpu_check.json),
 # which must be the stand-in root, not the repository.

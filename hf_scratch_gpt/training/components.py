@@ -19,15 +19,21 @@ from typing import Any
 
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
+from ..chat_template import ensure_chat_template
 from ..configuration_scratch_gpt import PRESETS, ScratchGPTConfig
 from ..data import (
+    MESSAGES_COLUMN,
     STREAMING_EVAL_BLOCKS,
     CompletionCollator,
     LMBlockCollator,
+    build_chat_datasets,
     build_lm_datasets,
+    iterate_conversation_texts,
     iterate_texts,
     keep_pairs_with_targets,
+    load_conversations,
     load_documents,
+    looks_like_chat_data,
     split_stream_train_validation,
     split_train_validation,
     tokenize_prompt_completion,
@@ -88,6 +94,12 @@ class DataArguments:
         metadata={"help": "Fine-tune on prompt/completion records: the prompt column (its tokens get label -100)."},
     )
     completion_column: str = field(default="completion")
+    messages_column: str | None = field(
+        default=None,
+        metadata={"help": "Fine-tune on chat records {\"messages\": [{\"role\": ..., \"content\": ...}, ...]}: the "
+                  "column of messages; the loss is taken on assistant tokens only. Unset: 'messages' when a local "
+                  "file's first record has it and no text column (docs/chat.md)."},
+    )
     preprocessing_num_workers: int | None = field(
         default=None,
         metadata={"help": "Processes for tokenizing (as run_clm). Unset: the machine's cores for large corpora, "
@@ -222,17 +234,50 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
     return overrides
 
 
-def build_tokenizer(model_args: ModelArguments, train_documents, text_column: str = "text"):
+def detect_chat_data(data_args: DataArguments) -> str | None:
+    """The column of chat messages when the data is conversations, else None. Sets `data_args.messages_column` to
+    'messages' when it is unset and a local file's first record holds messages and no text column, so every later
+    step (and the saved arguments) sees one answer. Refuses chat data with prompt/completion columns or streaming."""
+    if data_args.messages_column is None and data_args.prompt_column is None and looks_like_chat_data(
+        data_args.dataset, data_args.text_column, MESSAGES_COLUMN
+    ):
+        logger.info("%s holds conversations (%r): chat fine-tuning", data_args.dataset, MESSAGES_COLUMN)
+        data_args.messages_column = MESSAGES_COLUMN
+    if data_args.messages_column is not None:
+        if data_args.prompt_column is not None:
+            raise ValueError(
+                "give either --messages_column (chat data) or --prompt_column (prompt/completion), not both"
+            )
+        if data_args.streaming:
+            raise ValueError("--streaming is for language-model blocks; chat fine-tuning needs the cached path")
+    return data_args.messages_column
+
+
+def build_tokenizer(
+    model_args: ModelArguments, train_documents, text_column: str = "text", messages_column: str | None = None
+):
+    """The tokenizer folder's (or the model folder's) tokenizer, or a byte-level BPE trained on the train split.
+    For chat data (`messages_column`) it gets the package's chat template unless it already has one
+    (`ensure_chat_template`)."""
     source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     if source is not None:
         if not Path(source).is_dir():
             raise FileNotFoundError(f"tokenizer folder {source!r} does not exist")
         check_tokenizer_files(source)  # a corrupt tokenizer.json is named, not a bare JSONDecodeError
-        return AutoTokenizer.from_pretrained(source)
-    if not hasattr(train_documents, "__len__"):  # a stream: a BPE would have to read all of it first
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    elif not hasattr(train_documents, "__len__"):  # a stream: a BPE would have to read all of it first
         raise ValueError("--streaming needs a trained tokenizer: pass --tokenizer_name_or_path (or a model folder)")
-    logger.info("training a byte-level BPE tokenizer (vocab %d) on the train split", model_args.tokenizer_vocab_size)
-    return train_bpe_tokenizer(iterate_texts(train_documents, text_column), vocab_size=model_args.tokenizer_vocab_size)
+    else:
+        vocab_size = model_args.tokenizer_vocab_size
+        logger.info("training a byte-level BPE tokenizer (vocab %d) on the train split", vocab_size)
+        texts = (
+            iterate_conversation_texts(train_documents, messages_column) if messages_column is not None
+            else iterate_texts(train_documents, text_column)
+        )  # fmt: skip
+        tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size)
+    if messages_column is not None and ensure_chat_template(tokenizer):
+        logger.info("the tokenizer had no chat template: it gets hf_scratch_gpt.chat_template.CHAT_TEMPLATE")
+    return tokenizer
 
 
 def build_model(model_args: ModelArguments, tokenizer) -> ScratchGPTForCausalLM:
@@ -263,6 +308,14 @@ def build_datasets(data_args: DataArguments, tokenizer, model, documents) -> tup
     block_size = data_args.block_size or model.config.n_positions
     if block_size > model.config.n_positions:
         raise ValueError(f"block_size {block_size} exceeds the model's n_positions {model.config.n_positions}")
+    if data_args.messages_column is not None:
+        conversations = build_chat_datasets(
+            documents, tokenizer, block_size, data_args.messages_column, num_proc=data_args.preprocessing_num_workers
+        )
+        validation = conversations["validation"]
+        if data_args.max_eval_samples is not None:
+            validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
+        return conversations["train"], validation, CompletionCollator(pad_token_id=_pad_id(tokenizer))
     if data_args.prompt_column is None:
         blocks = build_lm_datasets(
             documents, tokenizer, block_size, text_column=data_args.text_column,
@@ -290,16 +343,22 @@ def build_datasets(data_args: DataArguments, tokenizer, model, documents) -> tup
         },
         desc="Tokenizing prompt/completion pairs",
     )
+    # Every pair left has a target token, so no batch trains (or evaluates) on 0 target tokens.
+    train, validation = (keep_pairs_with_targets(pairs[split], split, block_size) for split in ("train", "validation"))
+    return train, validation, CompletionCollator(pad_token_id=_pad_id(tokenizer))
+
+
+def _pad_id(tokenizer) -> int:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ValueError("the tokenizer has neither a pad nor an eos token to pad with")
-    # Every pair left has a target token, so no batch trains (or evaluates) on 0 target tokens.
-    train, validation = (keep_pairs_with_targets(pairs[split], split, block_size) for split in ("train", "validation"))
-    return train, validation, CompletionCollator(pad_token_id=pad_id)
+    return pad_id
 
 
 def eval_protocol(data_args: DataArguments, train_dataset, eval_dataset) -> str:
     """How `eval_loss`/`eval_perplexity` were measured, in words (for metrics.json, the plot and model cards)."""
+    if data_args.messages_column is not None:
+        return "assistant tokens of held-out conversations"
     if data_args.prompt_column is not None:
         return "completion tokens of held-out prompt/completion pairs"
     if not hasattr(eval_dataset, "__len__"):  # a stream (IterableDataset): every block has the same length
@@ -310,6 +369,12 @@ def eval_protocol(data_args: DataArguments, train_dataset, eval_dataset) -> str:
 
 
 def load_and_split(data_args: DataArguments):
+    if detect_chat_data(data_args) is not None:
+        conversations = load_conversations(
+            data_args.dataset, data_args.messages_column, data_args.dataset_config_name, data_args.dataset_split,
+            num_proc=data_args.preprocessing_num_workers,
+        )  # fmt: skip
+        return split_train_validation(conversations, data_args.validation_fraction, data_args.split_seed)
     # For prompt/completion records the prompt and the completion are the columns that must exist and hold text.
     column = data_args.prompt_column or data_args.text_column
     completion = (data_args.completion_column,) if data_args.prompt_column is not None else ()
@@ -354,7 +419,7 @@ def set_up_training(
     progress_bars_on_main_process_only(is_local_main_process)
     with main_process_first():
         documents = load_and_split(data_args)
-        tokenizer = build_tokenizer(model_args, documents["train"], data_args.text_column)
+        tokenizer = build_tokenizer(model_args, documents["train"], data_args.text_column, data_args.messages_column)
         model = build_model(model_args, tokenizer)
         train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, model, documents)
     if is_main_process:

@@ -53,6 +53,7 @@ from .components import (
     check_resume_step,
     check_training_length,
     claim_output_dir,
+    detect_chat_data,
     eval_protocol,
     non_finite_message,
     release_process_group,
@@ -228,9 +229,11 @@ def _train_with_trainer(
     callbacks: Sequence[TrainerCallback],
 ) -> dict[str, Any]:
     output_dir = Path(training_args.output_dir)
+    padded = data_args.prompt_column is not None or detect_chat_data(data_args) is not None
     if training_args.include_num_input_tokens_seen == "no":
-        # Tokens seen are the x axis of the second loss plot. Blocks have no padding; pairs count real tokens only.
-        training_args.include_num_input_tokens_seen = "all" if data_args.prompt_column is None else "non_padding"
+        # Tokens seen are the x axis of the second loss plot. Blocks have no padding; pairs and conversations count
+        # real tokens only.
+        training_args.include_num_input_tokens_seen = "non_padding" if padded else "all"
     # Non-finite losses must reach the check in `training_step`, not be hidden by averaging in the logs.
     training_args.logging_nan_inf_filter = False
     if training_args.device.type == "cpu":
