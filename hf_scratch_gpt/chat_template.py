@@ -1,8 +1,9 @@
 """The chat template of models trained here: plain-text role headers, each assistant turn closed by the end token.
 
 A GPT-2 vocabulary has one special token, so the roles are spelled in ordinary text (`<|user|>` is several BPE
-pieces); the assistant's turn ends with `eos_token`, which is what stops `generate`. `{% generation %}` marks the
-assistant's text (and its end token) for `apply_chat_template(..., return_assistant_tokens_mask=True)`.
+pieces); the assistant's turn ends with `eos_token`, which is what stops `generate`, and the next turn follows it
+directly (so a trainer scoring the completion, such as TRL's DPO, stops there too). `{% generation %}` marks the
+assistant's text and its end token for `apply_chat_template(..., return_assistant_tokens_mask=True)`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ CHAT_TEMPLATE = (
     "{%- endif %}"
     "{{- '<|' + message['role'] + '|>\\n' }}"
     "{%- if message['role'] == 'assistant' %}"
-    "{%- generation %}{{- message['content'] + eos_token }}{%- endgeneration %}{{- '\\n' }}"
+    "{%- generation %}{{- message['content'] + eos_token }}{%- endgeneration %}"
     "{%- else %}"
     "{{- message['content'] + '\\n' }}"
     "{%- endif %}"

@@ -41,7 +41,7 @@ def chat_tokenizer():
 
 def expected_ids_and_labels(tokenizer, messages):
     """The template written out by hand, piece by piece: role headers and non-assistant text are context (-100);
-    each assistant message's content and its end token are targets; the newline after the end token is context."""
+    each assistant message's content and its end token are targets; the next turn follows the end token directly."""
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     ids, labels = [], []
 
@@ -53,7 +53,6 @@ def expected_ids_and_labels(tokenizer, messages):
         add(encode(f"<|{message['role']}|>\n"), False)
         if message["role"] == "assistant":
             add(encode(message["content"]) + [tokenizer.eos_token_id], True)
-            add(encode("\n"), False)
         else:
             add(encode(message["content"] + "\n"), False)
     return ids, labels
