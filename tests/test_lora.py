@@ -172,6 +172,10 @@ def test_train_saves_only_the_adapter_and_merges(tmp_path, base_folder, corpus_f
     with torch.no_grad():
         assert_close_rel(trained(input_ids=ids).logits, load_lora_model(run)(input_ids=ids).logits)
 
+    # the adapter folder is not a model folder: generate says what it is and what to do
+    code, _, err = run_cli(["generate", run, "--prompt", "Hello"], capsys)
+    assert_one_line_error(code, err, "this folder holds a LoRA adapter: merge it into its base model")
+
     # merge-lora never replaces a folder without --overwrite, and only one a merge wrote
     code, _, err = run_cli(["merge-lora", run, tmp_path / "merged-cli"], capsys)
     assert_one_line_error(code, err, "already exists; pass overwrite=True (--overwrite)")
