@@ -265,6 +265,27 @@ def _add_export(subparsers) -> None:
     parser.set_defaults(handler=_export)
 
 
+def _merge_lora(args: argparse.Namespace) -> int:
+    from hf_scratch_gpt.lora import merge_lora
+
+    with _no_weight_loading_bar():
+        report = merge_lora(args.adapter, args.out, base=args.base, overwrite=args.overwrite)
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def _add_merge_lora(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "merge-lora", help="merge a LoRA adapter (train --lora_r) into its base model: a plain folder that needs no peft"
+    )
+    parser.add_argument("adapter", help="the adapter folder (adapter_config.json + adapter_model.safetensors)")
+    parser.add_argument("out", help="the folder to write the merged model into")
+    parser.add_argument("--base", default=None,
+                        help="the base model folder (default: base_model_name_or_path in adapter_config.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT an earlier merge wrote")
+    parser.set_defaults(handler=_merge_lora)
+
+
 def _train(args: argparse.Namespace) -> int:
     if args.loop == "accelerate":
         from hf_scratch_gpt.training.loop import loop_from_argv as run
@@ -512,8 +533,8 @@ def _add_push(subparsers) -> None:
 
 # One entry per subcommand: a function that adds its parser (and sets `handler`).
 SUBCOMMANDS: list[Callable] = [
-    _add_smoke, _add_download_openai, _add_convert_openai, _add_convert, _add_export, _add_train, _add_evaluate,
-    _add_demo, _add_generate, _add_card, _add_push,
+    _add_smoke, _add_download_openai, _add_convert_openai, _add_convert, _add_export, _add_train, _add_merge_lora,
+    _add_evaluate, _add_demo, _add_generate, _add_card, _add_push,
 ]
 
 

@@ -176,8 +176,11 @@ def read_config(folder: str | os.PathLike) -> ScratchGPTConfig:
     config_file = Path(folder) / CONFIG_NAME
     config_dict = read_json_object(folder, CONFIG_NAME)
     if config_dict is None:
+        adapter = (Path(folder) / "adapter_config.json").is_file()
         raise FileNotFoundError(
             f"{config_file} not found: a saved ScratchGPT folder needs the config.json written by save_pretrained"
+            + ("; this folder holds a LoRA adapter: merge it into its base model with `hf-scratch-gpt merge-lora "
+               "ADAPTER OUT` (or load it with hf_scratch_gpt.lora.load_lora_model)" if adapter else "")
         )
     model_type = config_dict.get("model_type")
     if model_type != ScratchGPTConfig.model_type:

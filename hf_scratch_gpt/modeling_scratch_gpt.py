@@ -468,7 +468,9 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
 
         loss, logits = None, None
         has_targets = labels is not None or shift_labels is not None
-        if has_targets and self.training and self.config.loss_chunk_size > 0:
+        # The fused loss reads lm_head.weight itself: only while lm_head is a plain Linear. A wrapped head (e.g. a
+        # PEFT LoRA layer, not an nn.Linear) is called as a module, so its own forward is never bypassed.
+        if has_targets and self.training and self.config.loss_chunk_size > 0 and isinstance(self.lm_head, nn.Linear):
             # Memory-lean training path: the loss (and its gradients) without materialising the logits.
             loss = chunked_causal_lm_loss(
                 hidden_states, self.lm_head.weight, labels, num_items_in_batch, self.config.label_smoothing,

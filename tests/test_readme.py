@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 # README first, then the guides; training before scale-out and evaluation, converting after README's conversion.
 DOCS = [README] + [ROOT / "docs" / f"{name}.md" for name in (
-    "model", "training", "scale-out", "evaluation", "generation", "hub", "converting", "guarantees", "performance",
-    "chat")]
+    "model", "training", "chat", "lora", "scale-out", "evaluation", "generation", "hub", "converting", "guarantees",
+    "performance")]
 LINKED = ("README.md", "examples")  # what README commands read from the repository root
 # Copied, not linked: scripts there write their results under the root above them (runs/benchmarks/gpu_check.json),
 # which must be the stand-in root, not the repository.
@@ -87,6 +87,10 @@ REDUCED = {
     "--output_dir runs/ft":
         "hf-scratch-gpt train --model_name_or_path runs/x --dataset examples/pairs.jsonl --prompt_column prompt "
         "--output_dir runs/ft --max_steps 2",
+    "hf-scratch-gpt train --model_name_or_path runs/demo --lora_r 8 --dataset examples/pairs.jsonl --prompt_column "
+    "prompt --output_dir runs/demo-lora --max_steps 200":
+        "hf-scratch-gpt train --model_name_or_path runs/demo --lora_r 8 --dataset examples/pairs.jsonl --prompt_column "
+        "prompt --output_dir runs/demo-lora --max_steps 2",
     "hf-scratch-gpt train --loop accelerate --output_dir runs/loop --global_batch_size 16 --max_steps 200":
         f"hf-scratch-gpt train --loop accelerate --output_dir runs/loop --global_batch_size 16 --max_steps 2 "
         f"--config_overrides {SMALL_MODEL} --tokenizer_vocab_size 300 --disable_tqdm true",

@@ -40,6 +40,7 @@ from ..data import (
     train_bpe_tokenizer,
 )
 from ..loading import check_tokenizer_files, load_model, read_json_file
+from ..lora import DEFAULT_LORA_TARGETS, add_lora_adapter, check_lora_options, parse_lora_targets
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
 from .final_save import STAGING_PREFIX, prepare_output_dir, publish_directory, remove_stale_staging  # noqa: F401
 
@@ -66,6 +67,36 @@ class ModelArguments:
         metadata={"help": "Tokenizer folder. Unset: the model folder's, or a byte-level BPE trained on the train split."},
     )
     tokenizer_vocab_size: int = field(default=4096, metadata={"help": "Vocabulary size of a BPE trained here."})
+    lora_r: int | None = field(
+        default=None,
+        metadata={"help": "Fine-tune --model_name_or_path with a LoRA adapter of this rank (PEFT; the base weights stay "
+                  "frozen, checkpoints and the output hold only the adapter). Unset: train every weight."},
+    )  # fmt: skip
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA: the update is scaled by lora_alpha / lora_r."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA: dropout on the adapter's input."})
+    lora_target: str = field(
+        default=",".join(DEFAULT_LORA_TARGETS),
+        metadata={"help": "LoRA: comma-separated Linear layers to adapt, by name (c_attn, c_proj, c_fc, attn.c_proj, "
+                  "mlp.c_proj)."},
+    )  # fmt: skip
+    merge_lora: bool = field(
+        default=False,
+        metadata={"help": "LoRA: also write the merged model (base + adapter, a plain folder that needs no peft) into "
+                  "OUTPUT_DIR/merged at the end."},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        # Checked when the flags are parsed, before any data is read.
+        if self.lora_r is None:
+            if self.merge_lora:
+                raise ValueError("--merge_lora merges a LoRA adapter: it needs --lora_r")
+            return
+        check_lora_options(self.lora_r, self.lora_alpha, self.lora_dropout)
+        if self.model_name_or_path is None:
+            raise ValueError(
+                f"--lora_r {self.lora_r} adapts a trained model: pass its folder with --model_name_or_path (LoRA "
+                "cannot train a model from scratch)"
+            )
 
 
 @dataclass
@@ -281,7 +312,8 @@ def build_tokenizer(
 
 
 def build_model(model_args: ModelArguments, tokenizer) -> ScratchGPTForCausalLM:
-    """From scratch: the preset with the tokenizer's vocabulary and special ids. Fine-tune: the saved folder."""
+    """From scratch: the preset with the tokenizer's vocabulary and special ids. Fine-tune: the saved folder; with
+    `lora_r`, wrapped with a trainable LoRA adapter (`hf_scratch_gpt.lora.add_lora_adapter`, a PEFT model)."""
     if model_args.model_name_or_path is not None:
         if not Path(model_args.model_name_or_path).is_dir():
             raise FileNotFoundError(f"model folder {model_args.model_name_or_path!r} does not exist")
@@ -300,6 +332,11 @@ def build_model(model_args: ModelArguments, tokenizer) -> ScratchGPTForCausalLM:
         raise ValueError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
         )
+    if model_args.lora_r is not None:  # the base is frozen; only the adapter trains (a PeftModelForCausalLM)
+        model = add_lora_adapter(
+            model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
+            parse_lora_targets(model_args.lora_target), base_model_name_or_path=model_args.model_name_or_path,
+        )  # fmt: skip
     return model
 
 

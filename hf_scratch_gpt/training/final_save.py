@@ -32,8 +32,13 @@ logger = logging.getLogger(__name__)
 STAGING_PREFIX = ".incomplete-"  # never matches a checkpoint name, so a half-written checkpoint is never picked
 FINAL_STAGING_NAME = f"{STAGING_PREFIX}final"
 FINAL_READY_NAME = INTERRUPTED_FINAL_SAVE_NAME  # loading.check_model_folder refuses a folder holding it
-# Weight files of a saved model: what must not survive from the previous final model next to the new one.
-WEIGHT_FILE_NAME = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$|^model\.safetensors\.index\.json$")
+# Weight files of a saved model or LoRA adapter: what must not survive from the previous final model next to the new
+# one (a full model after an adapter, or an adapter after a full model, into the same folder).
+WEIGHT_FILE_NAME = re.compile(
+    r"^model(-\d{5}-of-\d{5})?\.safetensors$|^model\.safetensors\.index\.json$|^adapter_(model\.safetensors|config\.json)$"
+)
+# What a staged LoRA adapter must hold (PeftModel.save_pretrained, safetensors).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def start_staging(output_dir: str | os.PathLike, name: str) -> Path:
@@ -90,10 +95,14 @@ def start_final_save(output_dir: str | os.PathLike) -> Path:
     return start_staging(output_dir, FINAL_STAGING_NAME.removeprefix(STAGING_PREFIX))
 
 
-def check_staged_model(staging: str | os.PathLike) -> None:
+def check_staged_model(staging: str | os.PathLike, adapter: bool = False) -> None:
     """A staged final save must hold a complete model: config.json and its weights (model.safetensors, or the index
-    and every shard it names). Raises `FileNotFoundError` naming what is missing."""
+    and every shard it names); with `adapter`, a complete LoRA adapter (`ADAPTER_FILES`). Raises `FileNotFoundError`
+    naming what is missing."""
     staging = Path(staging)
+    if adapter:
+        _refuse_incomplete(staging, [name for name in ADAPTER_FILES if not (staging / name).is_file()])
+        return
     missing = [] if (staging / CONFIG_NAME).is_file() else [CONFIG_NAME]
     index = staging / SAFE_WEIGHTS_INDEX_NAME
     if index.is_file():
@@ -104,6 +113,10 @@ def check_staged_model(staging: str | os.PathLike) -> None:
         missing += [name for name in shards if not (staging / name).is_file()]
     elif not (staging / SAFE_WEIGHTS_NAME).is_file():
         missing.append(SAFE_WEIGHTS_NAME)
+    _refuse_incomplete(staging, missing)
+
+
+def _refuse_incomplete(staging: Path, missing: list[str]) -> None:
     if missing:
         raise FileNotFoundError(
             f"the final save in {staging} lacks {missing}; nothing was published, the model in {staging.parent} is "
@@ -111,11 +124,12 @@ def check_staged_model(staging: str | os.PathLike) -> None:
         )
 
 
-def publish_final_save(staging: str | os.PathLike, output_dir: str | os.PathLike) -> None:
+def publish_final_save(staging: str | os.PathLike, output_dir: str | os.PathLike, adapter: bool = False) -> None:
     """Make the completely written `staging` folder the final model in `output_dir` (see the module docstring).
-    A staged folder without its config or weights is refused (`check_staged_model`) before anything moves."""
+    A staged folder without its config or weights (with `adapter`: without the adapter's) is refused
+    (`check_staged_model`) before anything moves."""
     staging, output_dir = Path(staging), Path(output_dir)
-    check_staged_model(staging)
+    check_staged_model(staging, adapter=adapter)
     ready = output_dir / FINAL_READY_NAME
     if ready.exists():  # left by an earlier interrupted move: finish it first, so files are never mixed
         _move_into(ready, output_dir)
@@ -151,6 +165,6 @@ def _fsync(path: Path) -> None:
 
 
 __all__ = [
-    "check_staged_model", "finish_interrupted_final_save", "prepare_output_dir", "publish_directory",
+    "ADAPTER_FILES", "check_staged_model", "finish_interrupted_final_save", "prepare_output_dir", "publish_directory",
     "publish_final_save", "remove_stale_staging", "start_final_save", "start_staging",
 ]

@@ -212,6 +212,8 @@ def train_with_accelerate(
 
     `output_dir` must be new, empty or a folder a train run wrote (`--overwrite_output_dir` allows any other), and
     no other run may be writing into it (`claim_output_dir`, taken by the main process)."""
+    if model_args.lora_r is not None:  # its checkpoints (Accelerator.save_state) and final save hold the full model
+        raise ValueError("--lora_r: LoRA fine-tuning runs on the Trainer loop; leave out --loop accelerate")
     fsdp_options = _fsdp_options(loop_args)
     if fsdp_options is not None and loop_args.mixed_precision == "fp16":
         # fp16 needs a gradient scaler that understands sharded gradients (and clipping after unscaling); bf16 does not.

@@ -9,7 +9,8 @@ Resuming must never run code from the folder, and never silently reset something
   it no longer registers the scheduler with Accelerate, whose `custom_checkpoint_0.pkl` is read with
   `weights_only=False` (arbitrary code). Sharded FSDP checkpoints (torch.distributed.checkpoint) are refused: their
   `.metadata` file is read with plain `pickle.load`.
-- Every part must be there: weights (each tensor with the model's shape), optimizer, scheduler, the RNG state of this
+- Every part must be there: weights (each tensor with the model's shape; for a LoRA run the adapter's, from
+  adapter_model.safetensors, with the rank, alpha and targets of this run), optimizer, scheduler, the RNG state of this
   process and the loop's counters. Transformers' Trainer skips a missing optimizer/scheduler/RNG file with an info
   log and loads weights with `strict=False`; Accelerate ignores an unreadable RNG file.
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from ..lora import check_adapter_matches, check_adapter_weights, is_peft_model
 from ..loading import SAFE_WEIGHTS_NAME, check_tensor_shapes, read_json_file, read_tensor_shapes
 
 # What `Accelerator.save_state` writes (one process; FSDP with FULL_STATE_DICT writes `pytorch_model_fsdp.bin`).
@@ -133,7 +135,11 @@ def check_trainer_checkpoint(folder: str | os.PathLike, model: nn.Module, world_
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint {folder} does not exist")
-    check_checkpoint_weights(folder / SAFE_WEIGHTS_NAME, model)
+    if is_peft_model(model):  # a LoRA run's checkpoint holds the adapter, safetensors only, the same as this run's
+        check_adapter_matches(folder, model)
+        check_adapter_weights(folder, model)
+    else:
+        check_checkpoint_weights(folder / SAFE_WEIGHTS_NAME, model)
     state_file = folder / TRAINER_STATE_NAME
     if not state_file.is_file():
         raise FileNotFoundError(f"{state_file} not found: the checkpoint lacks the trainer's step and log history")

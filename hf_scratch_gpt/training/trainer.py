@@ -45,6 +45,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..evaluation import load_metric, score_logits
+from ..lora import is_peft_model, save_merged_model
 from .components import (
     DataArguments,
     FlagParser,
@@ -59,12 +60,16 @@ from .components import (
     release_process_group,
     set_up_training,
 )
-from .final_save import FINAL_STAGING_NAME, STAGING_PREFIX, publish_directory, publish_final_save, start_final_save
+from .final_save import (
+    ADAPTER_FILES, FINAL_STAGING_NAME, STAGING_PREFIX, publish_directory, publish_final_save, start_final_save,
+    start_staging,
+)
 from .plots import plot_loss_curves
 from .resume import TRAINER_STATE_NAME, check_trainer_checkpoint
 
 logger = logging.getLogger(__name__)
 
+MERGED_DIR_NAME = "merged"  # `--merge_lora`: the merged model's folder inside output_dir
 # compute_metrics' name for Σ NLL / scored tokens; `ScratchGPTTrainer.evaluation_loop` moves it to `eval_loss`.
 TOKEN_WEIGHTED_NLL = "token_weighted_nll"
 
@@ -147,8 +152,12 @@ class ScratchGPTTrainer(Trainer):
             self._staging_root = None
         self.accelerator.wait_for_everyone()  # every process has written its part (e.g. its RNG state)
         if self.args.should_save:
-            # Trainer writes the weights as model.safetensors unless FSDP or DeepSpeed save them their own way.
-            weights = () if (self.is_fsdp_enabled or self.is_deepspeed_enabled) else ("model.safetensors",)
+            # Trainer writes the weights as model.safetensors (a LoRA run: the adapter's files) unless FSDP or
+            # DeepSpeed save them their own way.
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+                weights = ()
+            else:
+                weights = ADAPTER_FILES if is_peft_model(self.model) else ("model.safetensors",)
             publish_directory(staging_root / name, run_dir / name, required=(TRAINER_STATE_NAME, *weights))
             shutil.rmtree(staging_root, ignore_errors=True)
             best = self.state.best_global_step
@@ -268,8 +277,10 @@ def _train_with_trainer(
     if trainer.is_world_process_zero():
         start_final_save(output_dir)
     trainer.accelerator.wait_for_everyone()
-    # weights (safetensors), config, model code and tokenizer; every process takes part (FSDP gathers the weights)
+    # weights (safetensors), config, model code and tokenizer; every process takes part (FSDP gathers the weights).
+    # A LoRA run saves the adapter (adapter_config.json, adapter_model.safetensors) and the tokenizer.
     trainer.save_model(str(staging), _internal_call=True)
+    lora = is_peft_model(trainer.model)
 
     trained_now = train_result.global_step - trainer._initial_global_step  # steps run by this call
     protocol = eval_protocol(data_args, train_dataset, eval_dataset)
@@ -284,6 +295,8 @@ def _train_with_trainer(
         "resumed_from": resume,
         "model_dir": str(output_dir),
     }
+    if model_args.merge_lora:
+        result["merged_model_dir"] = str(output_dir / MERGED_DIR_NAME)
     if trainer.is_world_process_zero():
         # After a resume, the callback only saw the new logs: rebuild the curve from the complete log history.
         records = _history_from_log(trainer.state.log_history) or history.history
@@ -292,11 +305,23 @@ def _train_with_trainer(
         result["plot"] = str(output_dir / "loss.png")
         result["metrics_file"] = str(output_dir / "metrics.json")
         write_json({**result, "history": records}, staging / "metrics.json")
-        publish_final_save(staging, output_dir)
+        publish_final_save(staging, output_dir, adapter=lora)
     trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub:  # what save_model(output_dir) did before the final save was staged
         trainer.push_to_hub(commit_message="Model save", revision=training_args.hub_revision)
+    if model_args.merge_lora and trainer.is_world_process_zero():  # last: merging changes the trained model in place
+        write_merged_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, output_dir)
+    trainer.accelerator.wait_for_everyone()
     return result
+
+
+def write_merged_model(peft_model, tokenizer, output_dir: Path) -> Path:
+    """`--merge_lora`: the base model with the adapter merged into its weights, as a plain ScratchGPT folder
+    `output_dir/merged` (config, safetensors, code, tokenizer), staged and published by one rename like a checkpoint."""
+    staging = start_staging(output_dir, MERGED_DIR_NAME)
+    save_merged_model(peft_model, tokenizer, staging)
+    publish_directory(staging, output_dir / MERGED_DIR_NAME, required=("config.json", "model.safetensors"))
+    return output_dir / MERGED_DIR_NAME
 
 
 def check_trainer_arguments(training_args: TrainingArguments) -> None:
