@@ -284,12 +284,19 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         if model.config.tie_word_embeddings and isinstance(model, ScratchGPTForCausalLM):
             check_tied_head(model, files)
         # A tied lm_head.weight is not among the missing keys (tie_weights removed it).
-        not_loaded = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
-        refused = sorted(not_loaded - set(cls._head_keys_initialised_when_missing))
-        if refused:
+        fresh_allowed = set(cls._head_keys_initialised_when_missing)
+        missing = sorted(set(info["missing_keys"]) - fresh_allowed)
+        mismatched = sorted({key for key, *_ in info["mismatched_keys"]} - fresh_allowed)
+        if mismatched:  # only reported with ignore_mismatched_sizes=True (transformers refuses them otherwise)
             raise ValueError(
-                f"the weights in {pretrained_model_name_or_path} lack tensors the model needs (or hold them with "
-                f"another shape): {refused}; they would be randomly initialised. Save the model again "
+                f"the weights in {pretrained_model_name_or_path} hold tensors of another shape than the model's: "
+                f"{mismatched}; ignore_mismatched_sizes=True would randomly initialise them (it is allowed only "
+                f"for a classification head's own layer, e.g. a different num_labels)"
+            )
+        if missing:
+            raise ValueError(
+                f"the weights in {pretrained_model_name_or_path} lack tensors the model needs: "
+                f"{missing}; they would be randomly initialised. Save the model again "
                 f"(or set tie_word_embeddings=true in config.json if lm_head is meant to share wte's weights)"
             )
         return (model, info) if want_info else model

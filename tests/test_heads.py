@@ -218,13 +218,13 @@ def test_a_missing_transformer_weight_is_still_refused(lm_folder, tmp_path, kind
     weights = load_file(broken / "model.safetensors")
     del weights["transformer.ln_f.bias"]
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"lack tensors the model needs .*\['transformer.ln_f.bias'\]"):
+    with pytest.raises(ValueError, match=r"lack tensors the model needs: \['transformer.ln_f.bias'\]"):
         HEADS[kind][1].from_pretrained(broken, num_labels=3)
 
 
 def test_a_transformer_weight_of_another_shape_is_refused_even_with_ignore_mismatched_sizes(lm_folder):
     folder, lm = lm_folder
-    with pytest.raises(ValueError, match=r"another shape\): \['transformer.wte.weight'\]"):
+    with pytest.raises(ValueError, match=r"another shape than the model's: \['transformer.wte.weight'\]"):
         AutoModelForSequenceClassification.from_pretrained(
             folder, num_labels=3, vocab_size=lm.config.vocab_size + 1, ignore_mismatched_sizes=True
         )
@@ -268,3 +268,15 @@ def test_a_classifier_round_trips_exactly(lm_folder, tmp_path, kind):
     # The classifier folder still loads as the causal LM it came from (the head file's extra tensors unexpected).
     lm, info = AutoModelForCausalLM.from_pretrained(tmp_path / "classifier", output_loading_info=True)
     assert info["unexpected_keys"] == set(HEADS[kind][2])
+
+
+def test_a_classifier_loads_with_another_number_of_labels_when_asked(lm_folder, tmp_path):
+    """transformers' way to re-use a classifier for another label set: ignore_mismatched_sizes=True builds the score
+    layer afresh (reported as mismatched); the transformer's weights are still all required."""
+    folder, _ = lm_folder
+    AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2).save_pretrained(tmp_path / "two")
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "two", num_labels=3, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    assert model.score.weight.shape == (3, model.config.n_embd)
+    assert [key for key, *_ in info["mismatched_keys"]] == ["score.weight"] and not info["missing_keys"]
