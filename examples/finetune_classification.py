@@ -23,6 +23,7 @@ from transformers import (
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
+    set_seed,
 )
 
 import hf_scratch_gpt  # registers ScratchGPT with the Auto classes
@@ -91,6 +92,7 @@ def main() -> None:
     if output_dir.exists() and any(output_dir.iterdir()):
         raise SystemExit(f"--output_dir {output_dir} exists and is not empty; name a new folder")
 
+    set_seed(args.seed)  # the new score layer (and the tiny model) start from the same weights every run
     rows = read_rows(args.data) if args.data else built_in_rows()
     names = sorted({str(row["label"]) for row in rows})
     if len(names) < 2:
@@ -113,11 +115,12 @@ def main() -> None:
     model.config.id2label, model.config.label2id = dict(enumerate(names)), label2id
 
     def encode(batch):
-        encoded = tokenizer(batch["text"], truncation=True, max_length=model.config.n_positions)
-        return {**encoded, "label": [label2id[str(label)] for label in batch["label"]]}
+        return tokenizer(batch["text"], truncation=True, max_length=model.config.n_positions)
 
+    # Integer class ids (a column of bools or floats would make the loss multi-label, as in transformers).
     datasets = {
-        name: Dataset.from_list(split).map(encode, batched=True, remove_columns=["text"])
+        name: Dataset.from_list([{"text": row["text"], "label": label2id[str(row["label"])]} for row in split])
+        .map(encode, batched=True, remove_columns=["text"])
         for name, split in splits.items()
     }
     training_args = TrainingArguments(
