@@ -38,8 +38,8 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .checks_scratch_gpt import (
     IGNORE_INDEX,
-    check_folder_before_loading,
     check_classification_labels,
+    check_folder_before_loading,
     check_forward_kwargs,
     check_generate_options,
     check_inputs,
