@@ -3,12 +3,20 @@
 Importing the package registers `ScratchGPTConfig` and the models with transformers' Auto classes.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .configuration_scratch_gpt import PRESETS, ScratchGPTConfig
 from .modeling_scratch_gpt import (
     ScratchGPTForCausalLM,
+    ScratchGPTForSequenceClassification,
+    ScratchGPTForTokenClassification,
     ScratchGPTModel,
     ScratchGPTPreTrainedModel,
     causal_lm_loss,
@@ -23,11 +31,16 @@ __version__ = "0.1.0"
 AutoConfig.register(ScratchGPTConfig.model_type, ScratchGPTConfig, exist_ok=True)
 AutoModel.register(ScratchGPTConfig, ScratchGPTModel, exist_ok=True)
 AutoModelForCausalLM.register(ScratchGPTConfig, ScratchGPTForCausalLM, exist_ok=True)
-# save_pretrained then writes `auto_map` and copies the configuration/modeling files, so the saved folder also
-# loads with trust_remote_code=True where this package is not installed.
+AutoModelForSequenceClassification.register(ScratchGPTConfig, ScratchGPTForSequenceClassification, exist_ok=True)
+AutoModelForTokenClassification.register(ScratchGPTConfig, ScratchGPTForTokenClassification, exist_ok=True)
+# save_pretrained then writes `auto_map` (every class of modeling_scratch_gpt.AUTO_MAP) and copies the
+# configuration/modeling files, so the saved folder also loads with trust_remote_code=True where this package is
+# not installed, into any of these classes.
 ScratchGPTConfig.register_for_auto_class()
 ScratchGPTModel.register_for_auto_class("AutoModel")
 ScratchGPTForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+ScratchGPTForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+ScratchGPTForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 # `Trainer(label_smoothing_factor=...)` (and subclasses such as TRL's SFTTrainer) shifts the labels for its label
 # smoother only when the model's class NAME is a value of this table; `AutoModelForCausalLM.register` does not add
 # it there, so without this line plain Trainer smooths every prediction against its own input token. The auto
@@ -61,6 +74,8 @@ __all__ = [
     "PRESETS",
     "ScratchGPTConfig",
     "ScratchGPTForCausalLM",
+    "ScratchGPTForSequenceClassification",
+    "ScratchGPTForTokenClassification",
     "ScratchGPTModel",
     "ScratchGPTPreTrainedModel",
     "causal_lm_loss",

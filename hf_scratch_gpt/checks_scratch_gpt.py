@@ -199,6 +199,50 @@ def check_loss_inputs(
         )
 
 
+def check_classification_labels(labels: torch.Tensor, problem_type: str, logits: torch.Tensor) -> None:
+    """Labels a classification loss can score, for `logits` (..., num_labels) pooled (B, n) or per token (B, T, n):
+    class indices in [0, num_labels) or -100, one per row or per token (single-label); one float target per logit
+    (multi-label), or per row with one label (regression). torch would otherwise broadcast a regression target
+    silently, or fail with an IndexError (a device-side assert on CUDA) that names neither labels nor num_labels."""
+    num_labels = logits.size(-1)
+    if problem_type == "single_label_classification":
+        rows = logits.shape[:-1]
+        per_token = logits.dim() == 3
+        if (tuple(labels.shape) != tuple(rows)) if per_token else labels.numel() != rows.numel():
+            raise ValueError(
+                f"labels shape {tuple(labels.shape)} does not match the {'tokens' if per_token else 'rows'} "
+                f"{tuple(rows)}: one class index per {'token' if per_token else 'row'}"
+            )
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integer class indices for {problem_type}, got dtype {labels.dtype}")
+        if labels.numel() and not torch.compiler.is_compiling():
+            kept = labels.masked_fill(labels == IGNORE_INDEX, 0)
+            low, high = (int(value) for value in kept.aminmax())
+            if low < 0 or high >= num_labels:
+                raise ValueError(
+                    f"labels contains class {low if low < 0 else high}, outside [0, num_labels={num_labels}); "
+                    "use -100 to leave an item out of the loss"
+                )
+        return
+    if problem_type not in ("regression", "multi_label_classification"):
+        raise ValueError(
+            f"config.problem_type is {problem_type!r}; expected regression, single_label_classification or "
+            "multi_label_classification"
+        )
+    one_target = problem_type == "regression" and num_labels == 1
+    expected = logits.shape[:-1] if one_target else logits.shape
+    if labels.shape != expected and not (one_target and labels.squeeze().shape == logits.squeeze().shape):
+        raise ValueError(
+            f"labels shape {tuple(labels.shape)} does not match {tuple(expected)} for {problem_type} with "
+            f"num_labels={num_labels}: one target per {'row' if one_target else 'label of each row'}"
+        )
+    if problem_type == "multi_label_classification" and not labels.dtype.is_floating_point:
+        raise ValueError(
+            f"labels must be float targets (0.0 or 1.0 per label) for multi_label_classification, got dtype "
+            f"{labels.dtype}"
+        )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Weight files
 # ---------------------------------------------------------------------------------------------------------------------

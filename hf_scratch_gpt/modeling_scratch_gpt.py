@@ -1,6 +1,7 @@
 """ScratchGPT: the GPT-2 architecture written from scratch as a transformers `PreTrainedModel`.
 
-Reads top to bottom: attention → MLP → block → pre-trained base → model → the loss → causal LM.
+Reads top to bottom: attention → MLP → block → pre-trained base → model → the loss → causal LM → the
+classification heads (sequence and token, GPT-2's semantics).
 Module names match OpenAI's GPT-2 checkpoints and transformers' `GPT2LMHeadModel` (`transformer.wte`, `wpe`, `h`,
 `ln_1`, `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp.c_fc`, `mlp.c_proj`, `ln_f`), so importing weights is a name map
 plus one transpose (GPT-2 stores Conv1D weights as (in, out); we use `nn.Linear`, (out, in)).
@@ -24,7 +25,12 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.utils import can_return_tuple, logging
 from transformers.utils.generic import merge_with_config_defaults
@@ -32,6 +38,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .checks_scratch_gpt import (
     IGNORE_INDEX,
+    check_classification_labels,
     check_folder_before_loading,
     check_forward_kwargs,
     check_generate_options,
@@ -56,6 +63,16 @@ logger = logging.get_logger(__name__)
 # (5.23 knows only `past_key_values`). The model takes the cache under either name and returns it under the field
 # the installed transformers' output classes declare, which is the name its `generate` reads back.
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+# Every Auto class this file serves → its class, as a saved config's `auto_map` names them. `save_pretrained` writes
+# all of them (not only the saved model's own), so that a folder saved from any of the classes loads into the
+# others with trust_remote_code where hf_scratch_gpt is not installed: a causal-LM folder into a classifier.
+AUTO_MAP = {
+    "AutoModel": "modeling_scratch_gpt.ScratchGPTModel",
+    "AutoModelForCausalLM": "modeling_scratch_gpt.ScratchGPTForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_scratch_gpt.ScratchGPTForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_scratch_gpt.ScratchGPTForTokenClassification",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -203,9 +220,16 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         "attentions": OutputRecorder(ScratchGPTAttention, index=1),
     }
 
+    # Weights a folder may lack, built fresh (and reported as newly initialised) instead of refused: a task head
+    # put on a model trained or converted for another task. The transformer's weights are never among them.
+    _head_keys_initialised_when_missing: tuple[str, ...] = ()
+
     def save_pretrained(self, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`; weights stored transposed for decoding (`store_linear_weights_transposed`)
-        are made contiguous while it runs, as transformers' shared-tensor check needs. The files are the same."""
+        are made contiguous while it runs, as transformers' shared-tensor check needs. The files are the same.
+        A registered model's config gets every class of `AUTO_MAP` in its `auto_map`."""
+        if self._auto_class is not None:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
         if kwargs.get("state_dict") is not None:  # e.g. Accelerate's gathered state dict: views of our storage
             kwargs["state_dict"] = contiguous_state_dict(kwargs["state_dict"])
         with contiguous_tied_weights(self):
@@ -235,7 +259,10 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained`, safetensors only, with the weight files of a local folder checked
         before anything is read (`check_folder_before_loading`), a tied head checked against the files, and a
-        tensor missing from the files an error instead of a fresh random init.
+        tensor missing from the files (or of another shape, with `ignore_mismatched_sizes=True`) an error instead
+        of a fresh random init. The one exception is a classification head's own layer
+        (`_head_keys_initialised_when_missing`): a causal-LM folder loads into a classifier with that layer new,
+        which transformers' loading report lists as MISSING.
 
         The class's own, so plain `AutoModelForCausalLM.from_pretrained` is guarded too, with the package imported
         or through trust_remote_code. Built on the public method only: no private loading step has to keep being
@@ -256,10 +283,20 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         )
         if model.config.tie_word_embeddings and isinstance(model, ScratchGPTForCausalLM):
             check_tied_head(model, files)
-        if info["missing_keys"]:  # a tied lm_head.weight is not in it (tie_weights removed it)
+        # A tied lm_head.weight is not among the missing keys (tie_weights removed it).
+        fresh_allowed = set(cls._head_keys_initialised_when_missing)
+        missing = sorted(set(info["missing_keys"]) - fresh_allowed)
+        mismatched = sorted({key for key, *_ in info["mismatched_keys"]} - fresh_allowed)
+        if mismatched:  # only reported with ignore_mismatched_sizes=True (transformers refuses them otherwise)
+            raise ValueError(
+                f"the weights in {pretrained_model_name_or_path} hold tensors of another shape than the model's: "
+                f"{mismatched}; ignore_mismatched_sizes=True would randomly initialise them (it is allowed only "
+                f"for a classification head's own layer, e.g. a different num_labels)"
+            )
+        if missing:
             raise ValueError(
                 f"the weights in {pretrained_model_name_or_path} lack tensors the model needs: "
-                f"{sorted(info['missing_keys'])}; they would be randomly initialised. Save the model again "
+                f"{missing}; they would be randomly initialised. Save the model again "
                 f"(or set tie_word_embeddings=true in config.json if lm_head is meant to share wte's weights)"
             )
         return (model, info) if want_info else model
@@ -491,14 +528,216 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Classification heads: transformers' GPT2ForSequenceClassification and GPT2ForTokenClassification
+# ---------------------------------------------------------------------------------------------------------------------
+def last_non_pad_positions(
+    config: ScratchGPTConfig, input_ids: torch.Tensor | None, batch_size: int, owner: str
+) -> torch.Tensor | int:
+    """Where each row's sequence ends, GPT-2's rule: the rightmost position whose id is not `pad_token_id`, so left
+    and right padding both work (a row of nothing but padding gives 0; a pad id equal to eos treats a trailing eos
+    as padding). Without a pad token only a batch of one is accepted, ending at the last position; with
+    `inputs_embeds` padding cannot be seen, and the last position is taken (with a warning)."""
+    if config.pad_token_id is None and batch_size != 1:
+        raise ValueError(
+            "Cannot handle batch sizes > 1 if no padding token is defined. "
+            f"{owner} pools each row at its last token that is not padding: set config.pad_token_id (e.g. to the "
+            f"tokenizer's pad_token_id, or its eos_token_id if it has no pad token); batch size {batch_size}"
+        )
+    if config.pad_token_id is None:
+        return -1
+    if input_ids is None:
+        logger.warning_once(
+            f"{owner} will not detect padding tokens in `inputs_embeds`. Results may be unexpected if using padding "
+            "tokens in conjunction with `inputs_embeds.`"
+        )
+        return -1
+    non_pad = (input_ids != config.pad_token_id).to(torch.int32)  # (B, T)
+    positions = torch.arange(input_ids.size(-1), device=input_ids.device, dtype=torch.int32)
+    return (positions * non_pad).argmax(-1)  # (B,)
+
+
+def infer_problem_type(num_labels: int, labels: torch.Tensor) -> str:
+    """transformers' rule: one label is regression, integer labels pick one class, anything else is multi-label."""
+    if num_labels == 1:
+        return "regression"
+    if labels.dtype in (torch.long, torch.int):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def classification_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    problem_type: str,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The loss of GPT-2's classification heads, computed in float32. `logits` (..., num_labels): pooled (B, n) or
+    per token (B, T, n), the latter always single-label.
+
+    - regression: mean squared error (with one label, of the squeezed logits and labels);
+    - single_label_classification: cross-entropy of class indices, -100 ignored;
+    - multi_label_classification: binary cross-entropy with logits, a float target per label.
+
+    The mean is over the scored items; with `num_items_in_batch` (what `Trainer` passes under gradient accumulation
+    and counts as the labels that are not -100) the sum is divided by it instead, so accumulated micro-batches give
+    the loss of one large batch for every problem type.
+    """
+    check_classification_labels(labels, problem_type, logits)
+    logits, labels = logits.float(), labels.to(logits.device)
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    num_labels = logits.size(-1)
+    if problem_type == "regression":
+        if num_labels == 1:
+            logits, labels = logits.squeeze(), labels.squeeze()
+        loss = F.mse_loss(logits, labels, reduction=reduction)
+    elif problem_type == "single_label_classification":
+        loss = F.cross_entropy(
+            logits.view(-1, num_labels), labels.view(-1), ignore_index=IGNORE_INDEX, reduction=reduction
+        )
+    else:
+        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction=reduction)
+    if num_items_in_batch is None:
+        return loss
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
+
+
+class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
+    """ScratchGPTModel with a linear `score` layer (no bias) read at each row's last token that is not padding."""
+
+    _head_keys_initialised_when_missing = ("score.weight",)
+
+    def __init__(self, config: ScratchGPTConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = ScratchGPTModel(config)
+        self.score = nn.Linear(config.n_embd, self.num_labels, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        r"""
+        labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`, *optional*):
+            Class indices in `[0, num_labels)` (single-label; -100 leaves a row out), float targets (regression
+            when `num_labels == 1`, else multi-label), as `config.problem_type` says; when it is None it is set from
+            the first labels seen, as transformers does (see `infer_problem_type`).
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+            Number of scored items across the whole (accumulated) batch; the loss is then their sum divided by it.
+        """
+        check_forward_kwargs(type(self).__name__, kwargs)
+        outputs: BaseModelOutputWithPast = self.transformer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=one_cache(cache, past_key_values),
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.score(outputs.last_hidden_state)  # (B, T, num_labels)
+        batch_size = logits.size(0)
+        last = last_non_pad_positions(self.config, input_ids, batch_size, type(self).__name__)
+        pooled_logits = logits[torch.arange(batch_size, device=logits.device), last]  # (B, num_labels)
+
+        loss = None
+        if labels is not None:
+            if self.config.problem_type is None:
+                self.config.problem_type = infer_problem_type(self.num_labels, labels)
+            loss = classification_loss(pooled_logits, labels, self.config.problem_type, num_items_in_batch)
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled_logits,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class ScratchGPTForTokenClassification(ScratchGPTPreTrainedModel):
+    """ScratchGPTModel with dropout and a linear `classifier` layer (with bias) at every position."""
+
+    _head_keys_initialised_when_missing = ("classifier.weight", "classifier.bias")
+
+    def __init__(self, config: ScratchGPTConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = ScratchGPTModel(config)
+        # GPT-2's choice: config.classifier_dropout, else config.hidden_dropout, else 0.1 (not resid_pdrop).
+        dropout = getattr(config, "classifier_dropout", None)
+        if dropout is None:
+            dropout = getattr(config, "hidden_dropout", None)
+        self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
+        self.classifier = nn.Linear(config.n_embd, self.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            A class index in `[0, num_labels)` for each token, aligned with the input (no shift); -100 leaves a
+            token (e.g. padding) out of the loss.
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+            Number of labels that are not -100 across the whole (accumulated) batch; the loss is then the sum of
+            token losses divided by it.
+        """
+        check_forward_kwargs(type(self).__name__, kwargs)
+        outputs: BaseModelOutputWithPast = self.transformer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=one_cache(cache, past_key_values),
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            loss = classification_loss(logits, labels, "single_label_classification", num_items_in_batch)
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
 
 __all__ = [
+    "AUTO_MAP",
     "ScratchGPTForCausalLM",
+    "ScratchGPTForSequenceClassification",
+    "ScratchGPTForTokenClassification",
     "ScratchGPTLinear",
     "ScratchGPTModel",
     "ScratchGPTPreTrainedModel",
     "causal_lm_loss",
     "chunked_causal_lm_loss",
+    "classification_loss",
+    "infer_problem_type",
+    "last_non_pad_positions",
     "perplexity",
     "shift_and_flatten",
     "store_linear_weights_transposed",

@@ -180,3 +180,37 @@ def test_a_folder_an_earlier_demo_wrote_is_trained_into_again(tmp_path):
     check_output_dir(earlier)
     with pytest.raises(FileExistsError, match="holds files that train did not write"):
         check_output_dir(other)
+
+
+def test_example_finetune_classification(tmp_path):
+    """The built-in labelled set on a tiny new model: held-out accuracy from chance to well above it. Then a saved
+    causal-LM folder with a --data file: the classifier it writes loads back and scores as the script reported."""
+    result = last_json(run(["examples/finetune_classification.py", "--output_dir", str(tmp_path / "tiny"),
+                            "--max_steps", "60"]))  # fmt: skip
+    assert (result["train_rows"], result["held_out_rows"]) == (120, 30)
+    assert result["accuracy_before"] < 0.5 and result["accuracy_after"] >= 0.6, result
+
+    from saved_models import save_tiny_model_folder
+
+    save_tiny_model_folder(tmp_path / "lm")
+    rows = [{"text": f"{word} number {i}", "label": word == "cat"} for i in range(8) for word in ("cat", "dog")]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    out = tmp_path / "classifier"
+    result = last_json(run(["examples/finetune_classification.py", "--model", str(tmp_path / "lm"), "--data",
+                            str(tmp_path / "rows.jsonl"), "--output_dir", str(out), "--max_steps", "4"]))  # fmt: skip
+    assert result["labels"] == ["False", "True"] and result["held_out_rows"] == 3
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.id2label == {0: "False", 1: "True"} and model.config.pad_token_id == 0
+    assert model.score.weight.shape == (2, model.config.n_embd)
+    lm_weights = load_file(tmp_path / "lm" / "model.safetensors")
+    assert not model.transformer.wte.weight.equal(lm_weights["transformer.wte.weight"])  # fine-tuned, saved
+    # An output folder that holds files is not written into (checked in this process: nothing is trained).
+    import runpy
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit, match="exists and is not empty"):
+        patch.setattr(sys, "argv", ["finetune_classification.py", "--output_dir", str(out)])
+        runpy.run_path(str(ROOT / "examples" / "finetune_classification.py"), run_name="__main__")

@@ -408,7 +408,10 @@ def test_saved_folder_holds_code_auto_map_tokenizer_and_generation_config(saved_
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_scratch_gpt.ScratchGPTConfig",
+        "AutoModel": "modeling_scratch_gpt.ScratchGPTModel",
         "AutoModelForCausalLM": "modeling_scratch_gpt.ScratchGPTForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_scratch_gpt.ScratchGPTForSequenceClassification",
+        "AutoModelForTokenClassification": "modeling_scratch_gpt.ScratchGPTForTokenClassification",
     }
     generation_config = json.loads((folder / "generation_config.json").read_text())
     assert generation_config["eos_token_id"] == 0

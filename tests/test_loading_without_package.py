@@ -39,7 +39,7 @@ sys.path_importer_cache.clear()
 importlib.invalidate_caches()
 assert importlib.util.find_spec("hf_scratch_gpt") is None
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast
 
 for name, code in CASES.items():
     print(MARKER + name, flush=True)
@@ -63,6 +63,9 @@ CASES = {
     "AutoTokenizer, no argument": "AutoTokenizer.from_pretrained(FOLDER)",
     "model, no argument": "AutoModelForCausalLM.from_pretrained(FOLDER)",
     "AutoTokenizer, trust_remote_code=True": "AutoTokenizer.from_pretrained(FOLDER, trust_remote_code=True)",
+    # The folder is a causal LM's: its auto_map names the heads too, so it loads into one with its score layer new.
+    "classifier, trust_remote_code=True":
+        "AutoModelForSequenceClassification.from_pretrained(FOLDER, trust_remote_code=True, num_labels=3)",
 }
 
 
@@ -136,3 +139,10 @@ def test_tokenizer_with_trust_remote_code_runs_the_folders_config_code(outcomes)
     report, printed = results["AutoTokenizer, trust_remote_code=True"]
     assert report["ids"] == expected_ids and PROMPT_TEXT not in printed
     assert report["imported_custom_code"] is True
+
+
+def test_causal_lm_folder_loads_into_a_classifier_with_trust_remote_code(outcomes):
+    results, _, _ = outcomes
+    report, printed = results["classifier, trust_remote_code=True"]
+    assert report["class"].startswith("transformers_modules.") and PROMPT_TEXT not in printed, report
+    assert report["class"].endswith(".modeling_scratch_gpt.ScratchGPTForSequenceClassification"), report

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 # README first, then the guides; training before scale-out and evaluation, converting after README's conversion.
 DOCS = [README] + [ROOT / "docs" / f"{name}.md" for name in (
-    "model", "training", "chat", "lora", "scale-out", "evaluation", "generation", "hub", "converting", "guarantees",
-    "performance")]
+    "model", "training", "classification", "chat", "lora", "scale-out", "evaluation", "generation", "hub", "converting",
+    "guarantees", "performance")]
 LINKED = ("README.md", "examples")  # what README commands read from the repository root
 # Copied, not linked: scripts there write their results under the root above them (runs/benchmarks/gpu_check.json),
 # which must be the stand-in root, not the repository.
@@ -97,6 +97,8 @@ REDUCED = {
     "torchrun --nproc_per_node 2 -m hf_scratch_gpt.cli train --loop accelerate --output_dir runs/loop2":
         f"torchrun --nproc_per_node 2 -m hf_scratch_gpt.cli train --loop accelerate --output_dir runs/loop2 "
         f"--max_steps 2 --config_overrides {SMALL_MODEL} --tokenizer_vocab_size 300 --disable_tqdm true",
+    "python examples/finetune_classification.py --model runs/demo --output_dir runs/classifier":
+        "python examples/finetune_classification.py --model runs/demo --output_dir runs/classifier --max_steps 2",
     "hf-scratch-gpt generate runs/demo --prompt \"The meaning of life is\" --max-new-tokens 40":
         "hf-scratch-gpt generate runs/demo --prompt \"The meaning of life is\" --max-new-tokens 8",
 }

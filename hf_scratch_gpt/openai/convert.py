@@ -33,7 +33,7 @@ from transformers.utils.hub import convert_file_size_to_int
 from ..configuration_scratch_gpt import PRESETS, ScratchGPTConfig
 from ..hub import CARD_TEMPLATES, MODEL_CARDS_DIR
 from ..loading import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
-from ..modeling_scratch_gpt import ScratchGPTForCausalLM
+from ..modeling_scratch_gpt import AUTO_MAP, ScratchGPTForCausalLM
 from .checkpoint import OpenAICheckpoint, PlannedTensor
 from .names import HPARAMS_TO_CONFIG, LINEAR, dimensions, target_shape_for
 from .reference import reference_logits
@@ -248,6 +248,7 @@ def write_config_and_code(config: ScratchGPTConfig, folder: Path) -> None:
     them, without materialising any weights (the model is built on the meta device)."""
     with torch.device("meta"):
         skeleton = ScratchGPTForCausalLM(config)
+    config.auto_map = dict(AUTO_MAP)  # every class, as save_pretrained writes it (the folder loads into a classifier)
     custom_object_save(skeleton, folder, config=config)
     config.save_pretrained(folder)
     GenerationConfig.from_model_config(config).save_pretrained(folder)
