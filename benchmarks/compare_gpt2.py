@@ -36,7 +36,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import hf_scratch_gpt
 from hf_scratch_gpt import ScratchGPTConfig
-from hf_scratch_gpt.cpu import describe_cpu
+from hf_scratch_gpt.cpu import auto_dtype, describe_cpu
 
 HERE = Path(__file__).resolve().parent
 
@@ -277,6 +277,8 @@ def dtype_and_quant_decoding(pair, device, new_tokens, prompt_len, repeats, eval
         result["int8_ids_equal_fp32"] = torch.equal(ours_int8.generate(prompt, **kwargs), reference)
     result["perplexity"] = perplexity
     result["int8_reason"] = int8_reason
+    if device == "cpu":
+        result["auto_dtype_for_bf16"] = str(auto_dtype(torch.bfloat16)).removeprefix("torch.")
     return result
 
 
@@ -370,6 +372,8 @@ def markdown_table(r: dict) -> str:
         )
         rows.append(f"| — held-out perplexity, bf16 vs fp32 ({r['preset']} shape, random weights) | | "
                     f"{ppl['bf16']:.2f} vs {ppl['fp32']:.2f} | {ppl['bf16'] / ppl['fp32'] - 1:+.3%} |")
+        if "auto_dtype_for_bf16" in q:
+            rows.append(f"| — `--dtype auto` loads a bf16 checkpoint as (this CPU) | | {q['auto_dtype_for_bf16']} | |")
         if "ours_int8" in q:
             rows.append(
                 f"| greedy tokens/s, int8 weight-only (TorchAoConfig, batch 1) | n/a (Conv1D, no nn.Linear) "

@@ -97,6 +97,15 @@ REDUCED = {
     "torchrun --nproc_per_node 2 -m hf_scratch_gpt.cli train --loop accelerate --output_dir runs/loop2":
         f"torchrun --nproc_per_node 2 -m hf_scratch_gpt.cli train --loop accelerate --output_dir runs/loop2 "
         f"--max_steps 2 --config_overrides {SMALL_MODEL} --tokenizer_vocab_size 300 --disable_tqdm true",
+    "hf-scratch-gpt train --model_name_or_path runs/demo --dataset examples/chat.jsonl --output_dir runs/demo-chat":
+        "hf-scratch-gpt train --model_name_or_path runs/demo --dataset examples/chat.jsonl --output_dir runs/demo-chat "
+        "--max_steps 2",
+    "hf-scratch-gpt train --model_name_or_path runs/demo --lora_r 8 --dataset examples/pairs.jsonl --prompt_column "
+    "prompt --output_dir runs/lora":
+        "hf-scratch-gpt train --model_name_or_path runs/demo --lora_r 8 --dataset examples/pairs.jsonl --prompt_column "
+        "prompt --output_dir runs/lora --max_steps 2",
+    "python examples/finetune_classification.py --model runs/demo --output_dir runs/demo-classifier":
+        "python examples/finetune_classification.py --model runs/demo --output_dir runs/demo-classifier --max_steps 2",
     "python examples/finetune_classification.py --model runs/demo --output_dir runs/classifier":
         "python examples/finetune_classification.py --model runs/demo --output_dir runs/classifier --max_steps 2",
     "hf-scratch-gpt generate runs/demo --prompt \"The meaning of life is\" --max-new-tokens 40":
