@@ -288,27 +288,73 @@ def _add_train(subparsers) -> None:
     parser.set_defaults(handler=_train, passes_extra_arguments=True)
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from hf_scratch_gpt.evaluation import evaluate_model
+# `evaluate` flags of each path, to refuse one path's flag on the other (name: value when left out).
+PERPLEXITY_FLAGS = {"dataset_config": None, "split": None, "validation_fraction": None, "split_seed": None,
+                    "text_column": "text", "stride": None}  # fmt: skip
+LM_EVAL_FLAGS = {"num_fewshot": None, "limit": None, "batch_size": None, "include_path": None}
 
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    other = PERPLEXITY_FLAGS if args.tasks else LM_EVAL_FLAGS
+    misplaced = [_flag(name) for name, default in other.items() if getattr(args, name) != default]
+    if misplaced:
+        where = "--text-file/--dataset (perplexity)" if args.tasks else "--tasks (lm-eval)"
+        raise ValueError(f"{', '.join(misplaced)} only apply with {where}, not with the options given")
+    if args.output is not None and os.path.lexists(args.output):
+        raise FileExistsError(f"--output {args.output} exists; choose a new file name (it is not replaced)")
     with _no_weight_loading_bar():
-        result = evaluate_model(
-            args.model, text_file=args.text_file, dataset=args.dataset, dataset_config=args.dataset_config,
-            dataset_split=args.split, text_column=args.text_column, stride=args.stride, device=args.device,
-            validation_fraction=args.validation_fraction, split_seed=args.split_seed, dtype=args.dtype,
-        )  # fmt: skip
-    print(json.dumps(result, indent=2))
+        if args.tasks:
+            from hf_scratch_gpt.lm_eval_tasks import evaluate_tasks
+
+            result = evaluate_tasks(
+                args.model, [name.strip() for name in args.tasks.split(",") if name.strip()],
+                num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size or 1,
+                include_path=args.include_path, device=args.device, dtype=args.dtype,
+            )  # fmt: skip
+        else:
+            from hf_scratch_gpt.evaluation import evaluate_model
+
+            result = evaluate_model(
+                args.model, text_file=args.text_file, dataset=args.dataset, dataset_config=args.dataset_config,
+                dataset_split=args.split, text_column=args.text_column, stride=args.stride, device=args.device,
+                validation_fraction=args.validation_fraction, split_seed=args.split_seed, dtype=args.dtype,
+            )  # fmt: skip
+    text = json.dumps(result, indent=2)
+    if args.output is not None:
+        with open(args.output, "x", encoding="utf-8") as file:
+            file.write(text + "\n")
+    print(text)
     return 0
+
+
+def _limit(text: str) -> int | float:
+    """lm-eval's --limit: a number of documents per task (an integer >= 1) or a share of them (0 < x < 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if value >= 1 and value == int(value):
+        return int(value)
+    if 0 < value < 1:
+        return value
+    raise argparse.ArgumentTypeError(f"expected documents per task (an integer >= 1) or a share (0 < x < 1), got {text!r}")
 
 
 def _add_evaluate(subparsers) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="loss, perplexity, bits per byte, next-token accuracy of a model folder (prints JSON)"
+        "evaluate", help="loss, perplexity, bits per byte, next-token accuracy of a model folder, or lm-eval "
+        "benchmark tasks with --tasks (prints JSON)"
     )
     parser.add_argument("model", help="folder with the model and its tokenizer")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--text-file", help="a UTF-8 text file, scored as one text")
     source.add_argument("--dataset", help="'pydoc', a .jsonl file or a Hugging Face dataset name; per document")
+    source.add_argument("--tasks", help="comma-separated lm-eval tasks, e.g. hellaswag,arc_easy (needs the lm-eval "
+                        "extra; most tasks download their dataset from the Hub)")
     parser.add_argument("--dataset-config", default=None)
     parser.add_argument(
         "--split", default=None,
@@ -324,6 +370,15 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--stride", type=_positive_int, default=None,
                         help="sliding-window step (default: n_positions // 2)")
+    parser.add_argument("--num-fewshot", type=_non_negative_int, default=None,
+                        help="--tasks: examples shown before each question (default: each task's own, mostly 0)")
+    parser.add_argument("--limit", type=_limit, default=None,
+                        help="--tasks: at most this many documents per task, or a share (0.1); for quick checks")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="--tasks: requests per forward (default 1)")
+    parser.add_argument("--include-path", action="append", default=None, metavar="DIR",
+                        help="--tasks: a folder of your own task YAML files (repeatable)")
+    parser.add_argument("--output", default=None, metavar="FILE",
+                        help="also write the JSON result to FILE (a new file: an existing one is not replaced)")
     parser.add_argument("--device", type=_device, default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
     _add_inference_dtype(parser)
     parser.set_defaults(handler=_evaluate)
