@@ -498,6 +498,72 @@ def _add_generate(subparsers) -> None:
     parser.set_defaults(handler=_generate)
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from transformers import TextStreamer
+
+    from hf_scratch_gpt.chat import ChatSession, chat_loop, require_chat_template
+    from hf_scratch_gpt.generation import build_generation_config
+    from hf_scratch_gpt.loading import load_model, load_tokenizer
+
+    def notice(message: str) -> None:
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+    with _no_weight_loading_bar():
+        tokenizer = load_tokenizer(args.model, revision=args.revision)
+        require_chat_template(tokenizer, args.model, use_package_template=args.use_package_template)
+        if args.use_package_template:
+            notice("rendering the conversation with the package's chat template (the tokenizer has none of its own)")
+        model = load_model(args.model, revision=args.revision, dtype=args.dtype)
+    max_new_tokens = args.max_new_tokens or min(128, model.config.n_positions // 2)
+    generation_config = build_generation_config(
+        model, max_new_tokens=max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+    )  # fmt: skip
+    if args.seed is not None:
+        import torch
+
+        torch.manual_seed(args.seed)
+    session = ChatSession(model, tokenizer, generation_config, system=args.system, notice=notice)
+    interactive = sys.stdin.isatty()
+
+    def read_line() -> str | None:
+        if interactive:
+            try:
+                return input("> ")
+            except EOFError:
+                print()
+                return None
+        line = sys.stdin.readline()
+        return line.rstrip("\n") if line else None
+
+    # The streamer prints the reply's text as it is generated (not the prompt, not the end token), then a newline.
+    chat_loop(session, read_line, lambda: TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True), notice)
+    return 0
+
+
+def _add_chat(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "chat", help="talk to a model folder whose tokenizer has a chat template: a line of stdin per message; "
+        "/reset starts over, /exit or the end of input stops",
+    )
+    parser.add_argument("model", help="a saved model folder or a Hub repo id")
+    parser.add_argument("--system", default=None, help="a system message that opens the conversation (kept when "
+                        "old exchanges are dropped to fit the context)")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                        help="at most this many tokens per reply, kept free in the context for it (default: 128, or "
+                        "half the context of a model with fewer than 256 positions)")
+    parser.add_argument("--temperature", type=float, default=None, help="sample with this temperature (default: greedy)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability >= p")
+    parser.add_argument("--repetition-penalty", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    parser.add_argument("--use-package-template", action="store_true",
+                        help="for a tokenizer without a chat template: render the conversation with this package's")
+    parser.add_argument("--revision", default=None, help="Hub revision when MODEL is a repo id")
+    _add_inference_dtype(parser)
+    parser.set_defaults(handler=_chat)
+
+
 def _card(args: argparse.Namespace) -> int:
     from hf_scratch_gpt.hub import write_model_card
 
@@ -568,7 +634,7 @@ def _add_push(subparsers) -> None:
 # One entry per subcommand: a function that adds its parser (and sets `handler`).
 SUBCOMMANDS: list[Callable] = [
     _add_smoke, _add_download_openai, _add_convert_openai, _add_convert, _add_export, _add_train, _add_evaluate,
-    _add_demo, _add_generate, _add_card, _add_push,
+    _add_demo, _add_generate, _add_chat, _add_card, _add_push,
 ]
 
 
