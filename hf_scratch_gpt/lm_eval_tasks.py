@@ -138,7 +138,15 @@ def run_lm_eval(
     manager = manager if manager is not None else task_manager(include_path)
     names_only = all(isinstance(task, str) for task in tasks)
     task_objects = load_tasks(manager, list(tasks)) if names_only else list(tasks)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
+    # HFLM warns, for any model passed as an object, that "many other model arguments may be ignored" and not to
+    # launch it with accelerate: true of its other uses, not of this one (one process, no other model arguments).
+    hflm_logger = logging.getLogger(HFLM.__module__)
+    level = hflm_logger.level
+    hflm_logger.setLevel(logging.ERROR)
+    try:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
+    finally:
+        hflm_logger.setLevel(level)
     return lm_eval.simple_evaluate(
         model=lm, tasks=task_objects, task_manager=manager, num_fewshot=num_fewshot, limit=limit,
         log_samples=log_samples, bootstrap_iters=bootstrap_iters,
@@ -209,6 +217,7 @@ def evaluate_tasks(
     )
     summary = summarize(result)
     summary["model"] = str(model_path)
+    summary["dtype"] = str(model.dtype).removeprefix("torch.")
     summary["limit"] = limit
     return summary
 
