@@ -309,27 +309,73 @@ def _add_train(subparsers) -> None:
     parser.set_defaults(handler=_train, passes_extra_arguments=True)
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from hf_scratch_gpt.evaluation import evaluate_model
+# `evaluate` flags of each path, to refuse one path's flag on the other (name: value when left out).
+PERPLEXITY_FLAGS = {"dataset_config": None, "split": None, "validation_fraction": None, "split_seed": None,
+                    "text_column": "text", "stride": None}  # fmt: skip
+LM_EVAL_FLAGS = {"num_fewshot": None, "limit": None, "batch_size": None, "include_path": None}
 
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    other = PERPLEXITY_FLAGS if args.tasks else LM_EVAL_FLAGS
+    misplaced = [_flag(name) for name, default in other.items() if getattr(args, name) != default]
+    if misplaced:
+        where = "--text-file/--dataset (perplexity)" if args.tasks else "--tasks (lm-eval)"
+        raise ValueError(f"{', '.join(misplaced)} only apply with {where}, not with the options given")
+    if args.output is not None and os.path.lexists(args.output):
+        raise FileExistsError(f"--output {args.output} exists; choose a new file name (it is not replaced)")
     with _no_weight_loading_bar():
-        result = evaluate_model(
-            args.model, text_file=args.text_file, dataset=args.dataset, dataset_config=args.dataset_config,
-            dataset_split=args.split, text_column=args.text_column, stride=args.stride, device=args.device,
-            validation_fraction=args.validation_fraction, split_seed=args.split_seed, dtype=args.dtype,
-        )  # fmt: skip
-    print(json.dumps(result, indent=2))
+        if args.tasks:
+            from hf_scratch_gpt.lm_eval_tasks import evaluate_tasks
+
+            result = evaluate_tasks(
+                args.model, [name.strip() for name in args.tasks.split(",") if name.strip()],
+                num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size or 1,
+                include_path=args.include_path, device=args.device, dtype=args.dtype,
+            )  # fmt: skip
+        else:
+            from hf_scratch_gpt.evaluation import evaluate_model
+
+            result = evaluate_model(
+                args.model, text_file=args.text_file, dataset=args.dataset, dataset_config=args.dataset_config,
+                dataset_split=args.split, text_column=args.text_column, stride=args.stride, device=args.device,
+                validation_fraction=args.validation_fraction, split_seed=args.split_seed, dtype=args.dtype,
+            )  # fmt: skip
+    text = json.dumps(result, indent=2)
+    if args.output is not None:
+        with open(args.output, "x", encoding="utf-8") as file:
+            file.write(text + "\n")
+    print(text)
     return 0
+
+
+def _limit(text: str) -> int | float:
+    """lm-eval's --limit: a number of documents per task (an integer >= 1) or a share of them (0 < x < 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if value >= 1 and value == int(value):
+        return int(value)
+    if 0 < value < 1:
+        return value
+    raise argparse.ArgumentTypeError(f"expected documents per task (an integer >= 1) or a share (0 < x < 1), got {text!r}")
 
 
 def _add_evaluate(subparsers) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="loss, perplexity, bits per byte, next-token accuracy of a model folder (prints JSON)"
+        "evaluate", help="loss, perplexity, bits per byte, next-token accuracy of a model folder, or lm-eval "
+        "benchmark tasks with --tasks (prints JSON)"
     )
     parser.add_argument("model", help="folder with the model and its tokenizer")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--text-file", help="a UTF-8 text file, scored as one text")
     source.add_argument("--dataset", help="'pydoc', a .jsonl file or a Hugging Face dataset name; per document")
+    source.add_argument("--tasks", help="comma-separated lm-eval tasks, e.g. hellaswag,arc_easy (needs the lm-eval "
+                        "extra; most tasks download their dataset from the Hub)")
     parser.add_argument("--dataset-config", default=None)
     parser.add_argument(
         "--split", default=None,
@@ -345,6 +391,15 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--stride", type=_positive_int, default=None,
                         help="sliding-window step (default: n_positions // 2)")
+    parser.add_argument("--num-fewshot", type=_non_negative_int, default=None,
+                        help="--tasks: examples shown before each question (default: each task's own, mostly 0)")
+    parser.add_argument("--limit", type=_limit, default=None,
+                        help="--tasks: at most this many documents per task, or a share (0.1); for quick checks")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="--tasks: requests per forward (default 1)")
+    parser.add_argument("--include-path", action="append", default=None, metavar="DIR",
+                        help="--tasks: a folder of your own task YAML files (repeatable)")
+    parser.add_argument("--output", default=None, metavar="FILE",
+                        help="also write the JSON result to FILE (a new file: an existing one is not replaced)")
     parser.add_argument("--device", type=_device, default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
     _add_inference_dtype(parser)
     parser.set_defaults(handler=_evaluate)
@@ -464,6 +519,72 @@ def _add_generate(subparsers) -> None:
     parser.set_defaults(handler=_generate)
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from transformers import TextStreamer
+
+    from hf_scratch_gpt.chat import ChatSession, chat_loop, require_chat_template
+    from hf_scratch_gpt.generation import build_generation_config
+    from hf_scratch_gpt.loading import load_model, load_tokenizer
+
+    def notice(message: str) -> None:
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+    with _no_weight_loading_bar():
+        tokenizer = load_tokenizer(args.model, revision=args.revision)
+        require_chat_template(tokenizer, args.model, use_package_template=args.use_package_template)
+        if args.use_package_template:
+            notice("rendering the conversation with the package's chat template (the tokenizer has none of its own)")
+        model = load_model(args.model, revision=args.revision, dtype=args.dtype)
+    max_new_tokens = args.max_new_tokens or min(128, model.config.n_positions // 2)
+    generation_config = build_generation_config(
+        model, max_new_tokens=max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+    )  # fmt: skip
+    if args.seed is not None:
+        import torch
+
+        torch.manual_seed(args.seed)
+    session = ChatSession(model, tokenizer, generation_config, system=args.system, notice=notice)
+    interactive = sys.stdin.isatty()
+
+    def read_line() -> str | None:
+        if interactive:
+            try:
+                return input("> ")
+            except EOFError:
+                print()
+                return None
+        line = sys.stdin.readline()
+        return line.rstrip("\n") if line else None
+
+    # The streamer prints the reply's text as it is generated (not the prompt, not the end token), then a newline.
+    chat_loop(session, read_line, lambda: TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True), notice)
+    return 0
+
+
+def _add_chat(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "chat", help="talk to a model folder whose tokenizer has a chat template: a line of stdin per message; "
+        "/reset starts over, /exit or the end of input stops",
+    )
+    parser.add_argument("model", help="a saved model folder or a Hub repo id")
+    parser.add_argument("--system", default=None, help="a system message that opens the conversation (kept when "
+                        "old exchanges are dropped to fit the context)")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                        help="at most this many tokens per reply, kept free in the context for it (default: 128, or "
+                        "half the context of a model with fewer than 256 positions)")
+    parser.add_argument("--temperature", type=float, default=None, help="sample with this temperature (default: greedy)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability >= p")
+    parser.add_argument("--repetition-penalty", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    parser.add_argument("--use-package-template", action="store_true",
+                        help="for a tokenizer without a chat template: render the conversation with this package's")
+    parser.add_argument("--revision", default=None, help="Hub revision when MODEL is a repo id")
+    _add_inference_dtype(parser)
+    parser.set_defaults(handler=_chat)
+
+
 def _card(args: argparse.Namespace) -> int:
     from hf_scratch_gpt.hub import write_model_card
 
@@ -534,7 +655,7 @@ def _add_push(subparsers) -> None:
 # One entry per subcommand: a function that adds its parser (and sets `handler`).
 SUBCOMMANDS: list[Callable] = [
     _add_smoke, _add_download_openai, _add_convert_openai, _add_convert, _add_export, _add_train, _add_merge_lora,
-    _add_evaluate, _add_demo, _add_generate, _add_card, _add_push,
+    _add_evaluate, _add_demo, _add_generate, _add_chat, _add_card, _add_push,
 ]
 
 

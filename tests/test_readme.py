@@ -63,6 +63,12 @@ NOT_RUN = {
     "python benchmarks/data_memory_stages.py --size-mb 1000": "benchmark: tokenizes 1 GB of text, several minutes",
     "python benchmarks/convert_openai.py --size 124M --size 1558M":
         "benchmark: writes and converts a 5.8 GiB synthetic checkpoint",
+    "hf-scratch-gpt evaluate runs/demo --tasks hellaswag,arc_easy --limit 200 --output runs/demo/lm-eval.json":
+        "network: lm-eval downloads the tasks' datasets from the Hub (tests/test_lm_eval.py runs local tasks)",
+    'hf-scratch-gpt chat runs/demo-chat --system "You answer briefly." --max-new-tokens 64':
+        "interactive: reads the conversation from stdin (tests/test_chat_command.py feeds it)",
+    "hf-scratch-gpt chat runs/demo --use-package-template":
+        "interactive: reads the conversation from stdin (tests/test_chat_command.py feeds it)",
 }
 
 # README command → what runs instead (the same program and arguments, with fewer steps / a smaller model).
