@@ -1,10 +1,14 @@
 """The CPU decoding fast path: weights stored (in, out) for decoding, and `ScratchGPTLinear`, an `nn.Linear` whose
 product for the few rows of a decoding step runs on all threads. Training, prefill and every other device or dtype
-take plain `F.linear`. Measurements: docs/performance.md.
+take plain `F.linear`. Also the check that a half-precision model is not run on a CPU without instructions for it
+(`warn_if_slow_on_cpu`). Measurements: docs/performance.md.
 
-Ships to the Hub with `modeling_scratch_gpt.py` (custom code): imports only torch.
+Ships to the Hub with `modeling_scratch_gpt.py` (custom code): imports only torch and the standard library.
 """
 
+import os
+import platform
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -124,3 +128,60 @@ def contiguous_tied_weights(model: nn.Module):
         with torch.no_grad():
             for param in tied:
                 param.data = param.data.t().contiguous().t()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Half precision on a CPU: fast only with instructions for it
+# ---------------------------------------------------------------------------------------------------------------------
+# The CPU features that make a dtype's matmuls native, by architecture (`torch.cpu.get_capabilities()` names).
+NATIVE_FEATURES = {
+    ("x86_64", torch.bfloat16): ("avx512_bf16", "amx_bf16"),
+    ("x86_64", torch.float16): ("avx512_fp16", "amx_fp16"),
+    ("aarch64", torch.bfloat16): ("bf16", "sve_bf16"),
+    ("aarch64", torch.float16): ("fp16", "asimdhp"),
+}
+# oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA, formerly DNNL_MAX_CPU_ISA) can hide instructions the CPU has; these caps keep
+# the bf16 / fp16 ones (oneDNN's names, upper case).
+ONEDNN_ISAS_WITH = {
+    torch.bfloat16: {"AVX2_VNNI_2", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+                     "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2",
+                     "ALL", "DEFAULT"},
+    torch.float16: {"AVX2_VNNI_2", "AVX512_CORE_FP16", "AVX512_CORE_AMX_FP16", "AVX10_1_512", "AVX10_1_512_AMX",
+                    "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT"},
+}  # fmt: skip
+
+
+class SlowDtypeWarning(UserWarning):
+    """A half-precision model runs on a CPU that has no instructions for its dtype (torch emulates them, slowly)."""
+
+
+def cpu_capabilities() -> dict:
+    """torch's view of this CPU's features (`torch.cpu.get_capabilities()`, torch >= 2.8); {} where unknown."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    return dict(get()) if get is not None else {}
+
+
+def has_native(dtype: torch.dtype) -> bool:
+    """Whether this CPU has instructions for `dtype` matmuls (float32/float64: always). Respects oneDNN's ISA cap,
+    so an AVX2-only machine emulated with ONEDNN_MAX_CPU_ISA=AVX2 counts as one."""
+    if dtype in (torch.float32, torch.float64):
+        return True
+    machine = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+    features = cpu_capabilities()
+    if not any(features.get(name) for name in NATIVE_FEATURES.get((machine, dtype), ())):
+        return False
+    isa_cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return not isa_cap or isa_cap in ONEDNN_ISAS_WITH.get(dtype, ())
+
+
+def warn_if_slow_on_cpu(dtype: torch.dtype | None, device: str | torch.device = "cpu") -> None:
+    """Warn (once per process) that a bf16/fp16 model on this CPU runs without instructions for it."""
+    if dtype is None or torch.device(device).type != "cpu" or has_native(dtype):
+        return
+    name = str(dtype).removeprefix("torch.")
+    warnings.warn(  # stacklevel 1: one location, so Python's default filter shows it once per process
+        f"{name} on a CPU without {name} instructions ({platform.machine()}, no "
+        f"{'/'.join(NATIVE_FEATURES.get(('x86_64', dtype), ()))}): torch emulates them and inference is several times "
+        f"slower than float32 (0.11x measured on AVX2); load the model in float32, or with dtype 'auto'",
+        SlowDtypeWarning,
+    )

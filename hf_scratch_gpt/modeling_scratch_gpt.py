@@ -54,6 +54,7 @@ from .decoding_scratch_gpt import (
     contiguous_state_dict,
     contiguous_tied_weights,
     store_linear_weights_transposed,
+    warn_if_slow_on_cpu,
 )
 from .fused_loss_scratch_gpt import chunked_causal_lm_loss
 
@@ -435,13 +436,15 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         self.post_init()
 
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`, with the beam count checked and the weights first stored for fast decoding
-        (`store_linear_weights_transposed`, once; a model in training mode is left as it is).
+        """`GenerationMixin.generate`, with the beam count checked, a `SlowDtypeWarning` for a bf16/fp16 model on a CPU
+        without instructions for it, and the weights first stored for fast decoding (`store_linear_weights_transposed`,
+        once; a model in training mode is left as it is).
 
         Done here rather than at construction: training, `Trainer` and Accelerate checkpoints keep the contiguous
         storage they expect (safetensors' shared-tensor check cannot read a transposed tied weight).
         """
         check_generate_options(kwargs, self.generation_config)
+        warn_if_slow_on_cpu(self.dtype, self.device)
         if not self.training:
             store_linear_weights_transposed(self)
         return super().generate(*args, **kwargs)

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from hf_scratch_gpt import cpu, load_model
+from hf_scratch_gpt import cpu, decoding_scratch_gpt, load_model
 from hf_scratch_gpt_cli import main
 from saved_models import save_tiny_model_folder
 
@@ -27,10 +27,10 @@ def bf16_folder(tmp_path_factory):
 
 @pytest.fixture
 def x86(monkeypatch):
-    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(decoding_scratch_gpt.platform, "machine", lambda: "x86_64")
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
-    return lambda features: monkeypatch.setattr(cpu, "capabilities", lambda: dict(features))
+    return lambda features: monkeypatch.setattr(decoding_scratch_gpt, "cpu_capabilities", lambda: dict(features))
 
 
 def test_native_dtypes_follow_the_cpu_features_and_the_onednn_cap(x86, monkeypatch):
@@ -60,7 +60,7 @@ def test_auto_widens_a_bf16_checkpoint_to_float32_exactly_where_the_cpu_lacks_bf
 
 def test_an_explicit_half_precision_dtype_on_such_a_cpu_warns_and_still_loads_it(x86, bf16_folder):
     x86(AVX2_ONLY)
-    with pytest.warns(cpu.SlowDtypeWarning, match=r"bfloat16 requested, but this CPU .* no bfloat16 instructions"):
+    with pytest.warns(cpu.SlowDtypeWarning, match=r"bfloat16 on a CPU without bfloat16 instructions"):
         model = load_model(bf16_folder, dtype="bfloat16")
     assert model.dtype == torch.bfloat16  # the user's word is kept
     x86(SAPPHIRE_RAPIDS)
@@ -75,11 +75,26 @@ def test_cli_generate_prints_the_warning_on_one_line(bf16_folder, monkeypatch, c
     argv = ["generate", str(bf16_folder), "--prompt", "Hello", "--max-new-tokens", "2"]
     assert main(argv + ["--dtype", "bfloat16"]) == 0
     err = capsys.readouterr().err
-    warning_lines = [line for line in err.splitlines() if "bfloat16 requested" in line]
+    warning_lines = [line for line in err.splitlines() if "without bfloat16 instructions" in line]
     assert len(warning_lines) == 1 and warning_lines[0].startswith("hf-scratch-gpt: warning: "), err
     assert "Traceback" not in err and "warnings.warn" not in err, err
     assert main(argv) == 0  # --dtype auto (the default): float32, no warning
-    assert "bfloat16 requested" not in capsys.readouterr().err
+    assert "without bfloat16 instructions" not in capsys.readouterr().err
+
+
+def test_a_model_cast_to_bf16_warns_when_it_generates(x86, bf16_folder):
+    """pipeline(..., dtype=torch.bfloat16), from_pretrained(dtype=...) and .to(torch.bfloat16) do not pass through
+    load_model: generate is where such a model is caught."""
+    model = load_model(bf16_folder, dtype="float32").to(torch.bfloat16)
+    prompt = torch.tensor([[1, 2, 3]])
+    x86(AVX2_ONLY)
+    with pytest.warns(cpu.SlowDtypeWarning, match="several times slower than float32"):
+        model.generate(prompt, max_new_tokens=1, do_sample=False)
+    x86(SAPPHIRE_RAPIDS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cpu.SlowDtypeWarning)
+        model.generate(prompt, max_new_tokens=1, do_sample=False)
+        model.float().generate(prompt, max_new_tokens=1, do_sample=False)
 
 
 def test_describe_cpu_names_the_model_and_the_deciding_flags(x86, monkeypatch):
