@@ -141,7 +141,7 @@ def test_generation_stops_at_the_end_token_that_closes_a_turn():
     assert session.reply("Hello", streamer=counter) == ""
     assert counter.calls[1:] == [1], counter.calls  # one new token: generation stopped at eos, not after 10
     rendered = tokenizer.apply_chat_template(session.conversation.messages(), tokenize=False)
-    assert rendered == "<|user|>\nHello\n<|assistant|>\n<|endoftext|>\n", rendered
+    assert rendered == "<|user|>\nHello\n<|assistant|>\n<|endoftext|>", rendered
 
 
 def test_a_message_longer_than_the_context_is_refused_and_not_kept():
