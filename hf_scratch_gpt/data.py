@@ -221,38 +221,45 @@ def locate_bad_input(files: list[str], builder: str, text_column: str | Sequence
     for path in files:
         if builder == "parquet":
             problem = _parquet_problem(path, text_columns)
+        else:  # a JSON list of strings is the json builder's text rows
+            problem = _json_file_problem(
+                path, builder, lambda record: _record_problem(record, text_columns), text_columns == ["text"]
+            )
+        if problem is not None:
+            return problem
+    return None
+
+
+def _json_file_problem(path: str, builder: str, record_problem, strings_are_text: bool = False) -> str | None:
+    """The first problem of one JSON/JSON Lines (or, for UTF-8 only, text) file: bad UTF-8, a line that is not JSON,
+    or a record `record_problem` objects to, as 'FILE line N: what' ('FILE record N' in a .json file holding one
+    JSON list); None if none is found."""
+    if builder == "json" and path.lower().endswith(".json"):
+        document = _json_document(path)
+        if isinstance(document, list):
+            for number, record in enumerate(document, start=1):
+                problem = None if strings_are_text and isinstance(record, str) else record_problem(record)
+                if problem is not None:
+                    return f"{path} record {number}: {problem}"
+            return None
+        if isinstance(document, dict):
+            problem = record_problem(document)
+            return None if problem is None else f"{path}: {problem}"
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return f"{path} line {number}: not valid UTF-8 ({error.reason} at byte {error.start} of the line)"
+            if builder != "json" or not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                return f"{path} line {number}: not valid JSON ({error.msg})"
+            problem = record_problem(record)
             if problem is not None:
-                return problem
-            continue
-        if builder == "json" and path.lower().endswith(".json"):
-            document = _json_document(path)
-            if isinstance(document, list):  # a list of records (or of strings: the json builder's text rows)
-                for number, record in enumerate(document, start=1):
-                    if not (isinstance(record, str) and text_columns == ["text"]):
-                        problem = _record_problem(record, text_columns)
-                        if problem is not None:
-                            return f"{path} record {number}: {problem}"
-                continue
-            if isinstance(document, dict):
-                problem = _record_problem(document, text_columns)
-                if problem is not None:
-                    return f"{path}: {problem}"
-                continue
-        with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    return f"{path} line {number}: not valid UTF-8 ({error.reason} at byte {error.start} of the line)"
-                if builder != "json" or not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    return f"{path} line {number}: not valid JSON ({error.msg})"
-                problem = _record_problem(record, text_columns)
-                if problem is not None:
-                    return f"{path} line {number}: {problem}"
+                return f"{path} line {number}: {problem}"
     return None
 
 
@@ -894,34 +901,9 @@ def locate_bad_conversation(files: list[str], builder: str, messages_column: str
     if builder != "json":
         return None
     for path in files:
-        if path.lower().endswith(".json"):
-            document = _json_document(path)
-            if isinstance(document, list):
-                for number, record in enumerate(document, start=1):
-                    problem = conversation_problem(record, messages_column)
-                    if problem is not None:
-                        return f"{path} record {number}: {problem}"
-                continue
-            if isinstance(document, dict):
-                problem = conversation_problem(document, messages_column)
-                if problem is not None:
-                    return f"{path}: {problem}"
-                continue
-        with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    return f"{path} line {number}: not valid UTF-8 ({error.reason} at byte {error.start} of the line)"
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    return f"{path} line {number}: not valid JSON ({error.msg})"
-                problem = conversation_problem(record, messages_column)
-                if problem is not None:
-                    return f"{path} line {number}: {problem}"
+        problem = _json_file_problem(path, builder, lambda record: conversation_problem(record, messages_column))
+        if problem is not None:
+            return problem
     return None
 
 
