@@ -41,12 +41,11 @@ def describe_cpu() -> str:
     """One line for benchmark tables: model name, logical cores and the features that decide the dtypes' speed."""
     features = capabilities()
     flags = [name for name in REPORTED_FEATURES if features.get(name)]
-    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
-    extra = [f"ATEN_CPU_CAPABILITY={os.environ['ATEN_CPU_CAPABILITY']}"] if os.environ.get("ATEN_CPU_CAPABILITY") else []
-    extra += [f"ONEDNN_MAX_CPU_ISA={isa_cap}"] if isa_cap else []
-    extra += [f"MKL_ENABLE_INSTRUCTIONS={os.environ['MKL_ENABLE_INSTRUCTIONS']}"] if os.environ.get(
-        "MKL_ENABLE_INSTRUCTIONS") else []
-    text = f"{cpu_name()}, {os.cpu_count()} logical cores, flags: {' '.join(flags) or 'none of ' + '/'.join(REPORTED_FEATURES)}"
+    limits = {name: os.environ.get(name) for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
+                                                      "MKL_ENABLE_INSTRUCTIONS")}
+    extra = [f"{name}={value}" for name, value in limits.items() if value]
+    shown = " ".join(flags) or "none of " + "/".join(REPORTED_FEATURES)
+    text = f"{cpu_name()}, {os.cpu_count()} logical cores, flags: {shown}"
     return text + (f" (emulated limits: {', '.join(extra)})" if extra else "")
 
 
