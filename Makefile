@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) -e ".[dev,convert,export,lora,trl,lm-eval]"
+	$(PIP) -e ".[dev,convert,export,lora,trl,lm-eval,serve]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,7 +40,7 @@ test: $(VENV)/.installed-dev
 $(NEWEST_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(NEWEST_VENV)
 	$(NEWEST_PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(NEWEST_PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,convert,export,lora,trl,lm-eval]" torch==2.13.0
+	$(NEWEST_PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,convert,export,lora,trl,lm-eval,serve]" torch==2.13.0
 	touch $@
 
 test-newest: $(NEWEST_VENV)/.installed
