@@ -245,6 +245,13 @@ def check_model_folder(folder: str | os.PathLike) -> ScratchGPTConfig:
     """
     folder = existing_folder(folder)
     config = read_config(folder)
+    architectures = config.architectures or []
+    if architectures and ScratchGPTForCausalLM.__name__ not in architectures:  # e.g. a classifier fine-tuned here
+        raise ValueError(
+            f"{folder / CONFIG_NAME} describes a {architectures[0]}, not a {ScratchGPTForCausalLM.__name__}: this "
+            f"takes a language-model folder; load that one with its Auto class (e.g. "
+            f"AutoModelForSequenceClassification.from_pretrained) and publish it with model.push_to_hub"
+        )
     expected = {name: tuple(tensor.shape) for name, tensor in _shape_only_state_dict(config).items()}
     found: dict[str, tuple[int, ...]] = {}
     origin: dict[str, Path] = {}

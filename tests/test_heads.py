@@ -280,3 +280,20 @@ def test_a_classifier_loads_with_another_number_of_labels_when_asked(lm_folder, 
     )
     assert model.score.weight.shape == (3, model.config.n_embd)
     assert [key for key, *_ in info["mismatched_keys"]] == ["score.weight"] and not info["missing_keys"]
+
+
+def test_commands_for_language_models_name_a_classifier_folder_for_what_it_is(lm_folder, tmp_path, capsys):
+    """generate/evaluate/chat/export/push read a causal-LM folder; a classifier's is refused by its architecture, not
+    by a tensor-name mismatch the user would have to decode."""
+    from hf_scratch_gpt_cli import main
+
+    folder, _ = lm_folder
+    AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2, pad_token_id=0).save_pretrained(
+        tmp_path / "classifier"
+    )
+    for argv in (["generate", tmp_path / "classifier", "--prompt", "Hi"], ["push", tmp_path / "classifier", "you/x",
+                                                                            "--dry-run"]):
+        assert main([str(arg) for arg in argv]) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("hf-scratch-gpt: error: "), err
+        assert "describes a ScratchGPTForSequenceClassification, not a ScratchGPTForCausalLM" in err, err
