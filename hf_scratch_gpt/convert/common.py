@@ -32,6 +32,7 @@ from transformers.utils import logging
 from transformers.utils.hub import convert_file_size_to_int
 
 from ..configuration_scratch_gpt import ScratchGPTConfig
+from ..export.common import check_destination
 from ..hub import MODEL_CARDS_DIR
 from ..loading import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from ..modeling_scratch_gpt import ScratchGPTForCausalLM
@@ -350,17 +351,9 @@ def check_dtype(dtype: str) -> None:
 
 
 def check_output(source: Path, out: Path, overwrite: bool) -> None:
-    """Before anything is read: `out` is not the source and does not contain it, and exists only when it may be
+    """Before anything is read: `out` is not the source file and does not contain it, and exists only when it may be
     replaced (a folder a conversion wrote, with `overwrite`)."""
-    source_resolved, out_resolved = source.resolve(), out.resolve()
-    if out_resolved == source_resolved:
-        raise ValueError(f"the output folder must differ from the source file {source}")
-    if out_resolved in source_resolved.parents:
-        raise ValueError(f"the output folder {out} contains the source file {source}; choose another output folder")
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-        check_replaceable(out)
+    check_destination(source, out, overwrite, check_replaceable, source_name="source file")
 
 
 def scratch_config(model: SourceModel, special_ids: dict[str, int | None], dtype: str) -> ScratchGPTConfig:

@@ -256,15 +256,24 @@ def library_version(name: str) -> str:
 # Publishing
 # ---------------------------------------------------------------------------------------------------------------------
 def check_destination(
-    source: Path, out: Path, overwrite: bool, check_replaceable: Callable[[Path], None]
+    source: Path,
+    out: Path,
+    overwrite: bool,
+    check_replaceable: Callable[[Path], None],
+    source_name: str = "model folder",
+    inside_source: bool = True,
 ) -> None:
-    """Refuse a destination that is the source folder or holds it, and an existing one without `overwrite` (or
-    that `check_replaceable` refuses: only an earlier export of the same format may be replaced)."""
+    """Before anything is read, for every command that writes a folder from a source (convert, export, merge-lora):
+    refuse a destination that is the source or holds it (replacing it would delete the source), one inside a source
+    folder unless `inside_source`, and an existing one without `overwrite` or that `check_replaceable` refuses (only
+    a folder the same command wrote may be replaced)."""
     source_resolved, out_resolved = source.resolve(), out.resolve()
     if out_resolved == source_resolved:
-        raise ValueError(f"the export destination {out} is the model folder itself; choose another path")
+        raise ValueError(f"the output {out} is the {source_name} itself; choose another path")
     if out_resolved in source_resolved.parents:
-        raise ValueError(f"the export destination {out} contains the model folder {source}; choose another path")
+        raise ValueError(f"the output {out} contains the {source_name} {source}; choose another path")
+    if not inside_source and source_resolved in out_resolved.parents:
+        raise ValueError(f"the output {out} lies inside the {source_name} {source}; choose a path outside it")
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")

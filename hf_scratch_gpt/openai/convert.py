@@ -31,6 +31,7 @@ from transformers.utils import logging
 from transformers.utils.hub import convert_file_size_to_int
 
 from ..configuration_scratch_gpt import PRESETS, ScratchGPTConfig
+from ..export.common import check_destination
 from ..hub import CARD_TEMPLATES, MODEL_CARDS_DIR
 from ..loading import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from ..modeling_scratch_gpt import AUTO_MAP, ScratchGPTForCausalLM
@@ -383,17 +384,7 @@ def convert_openai_checkpoint(
     max_shard_bytes = parse_shard_size(max_shard_size)
     source, out = Path(ckpt_dir), Path(out_dir)
     # Replacing OUT deletes it: it must neither be, contain nor lie inside the checkpoint being read.
-    source_resolved, out_resolved = source.resolve(), out.resolve()
-    if out_resolved == source_resolved:
-        raise ValueError(f"the output folder must differ from the checkpoint folder {source}")
-    if out_resolved in source_resolved.parents:
-        raise ValueError(f"the output folder {out} contains the checkpoint folder {source}; choose another output folder")
-    if source_resolved in out_resolved.parents:
-        raise ValueError(f"the output folder {out} lies inside the checkpoint folder {source}; choose a folder outside it")
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-        check_replaceable(out)
+    check_destination(source, out, overwrite, check_replaceable, source_name="checkpoint folder", inside_source=False)
 
     checkpoint = OpenAICheckpoint(source)  # every check that needs no weight data happens here
     hparams = checkpoint.hparams

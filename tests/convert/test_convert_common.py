@@ -46,7 +46,7 @@ def test_foreign_folder_is_never_replaced(nano_bpe, tmp_path):
 
 def test_output_must_not_be_or_hold_the_source(nano_bpe, tmp_path):
     _, ckpt, _, _ = nano_bpe
-    with pytest.raises(ValueError, match="must differ from the source file"):
+    with pytest.raises(ValueError, match="is the source file itself"):
         convert_nanogpt(ckpt, ckpt)
     with pytest.raises(ValueError, match="contains the source file"):
         convert_nanogpt(ckpt, ckpt.parent, overwrite=True)
