@@ -352,7 +352,8 @@ def load_model(
     folder = resolve_model_folder(name_or_path, revision=revision)
     config = check_model_folder(folder)
     device = kwargs.get("device_map") if isinstance(kwargs.get("device_map"), str) else "cpu"
-    device = "cpu" if device == "auto" else device
+    if device == "auto":  # accelerate places the weights on the GPU when there is one
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         saved = getattr(torch, config.dtype) if isinstance(config.dtype, str) else config.dtype
         dtype = auto_dtype(saved, device=device)
