@@ -141,6 +141,28 @@ def training_throughput(pair, device, batch, seq_len, steps, autocast_dtype) -> 
     return {name: batch * seq_len / statistics.median(t) for name, t in times.items()}
 
 
+def profile_training_step(pair, device, batch, seq_len, rows: int = 15) -> str:
+    """Where one float32 training step's time goes, per model: torch.profiler's ops by self time, grouped by input
+    shape (so the head's (50257, 768) products, fills and adds stand apart from the blocks'). For comparing the two
+    models on a CPU kind where their ratio differs from the tables' (e.g. an AVX2-only CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    input_ids = torch.randint(0, pair[0].config.vocab_size, (batch, seq_len), device=device)
+    parts = []
+    for name, model in zip(("GPT2LMHeadModel", "ScratchGPT"), pair):
+        optimizer = make_optimizer(model.train())
+        for _ in range(2):  # optimizer state allocated, kernels chosen
+            training_step(model, optimizer, input_ids, None)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
+            training_step(model, optimizer, input_ids, None)
+        table = profiler.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=32, max_shapes_column_width=60
+        )
+        parts.append(f"{name}, one training step {batch}×{seq_len}:\n{table}")
+        del optimizer
+    return "\n".join(parts)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Peak memory of one training step (child process per model)
 # ---------------------------------------------------------------------------------------------------------------------
@@ -417,6 +439,9 @@ def main(argv=None) -> int:
     # Under runs/ (ignored by git): a run never overwrites the tracked benchmarks/results*.json the README quotes.
     parser.add_argument("--out", default=str(HERE.parent / "runs" / "benchmarks" / "results.json"),
                         help="where the JSON goes (default: runs/benchmarks/results.json)")
+    parser.add_argument("--profile-train", action="store_true",
+                        help="print where one float32 training step's time goes in each model (torch.profiler, by "
+                        "input shape) at --train-batch × --train-seq, then stop")
     parser.add_argument("--memory-child", choices=["gpt2", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -430,6 +455,10 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
     }
     pair = build_pair(args.preset, args.device)
+    if args.profile_train:
+        print(r["machine"])
+        print(profile_training_step(pair, args.device, args.train_batch, args.train_seq))
+        return 0
     # Generation first, while the two models still hold identical weights (training steps then move them apart
     # by rounding).
     if "generation" not in args.skip:
