@@ -5,7 +5,7 @@ import socket
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback
 
 # A training-test model: two layers, 32 wide, no dropout (so runs are deterministic and comparable).
 SMALL = "n_positions=32,n_embd=32,n_layer=2,n_head=2,resid_pdrop=0.0,embd_pdrop=0.0,attn_pdrop=0.0"
@@ -221,3 +221,14 @@ def parity_pair(shape: str):
     ours = hf_scratch_gpt.from_hf_gpt2(gpt2)
     ours.set_attn_implementation("sdpa")
     return gpt2, ours.eval()
+
+
+class StopAfter(TrainerCallback):
+    """Interrupts training after optimizer step `step` (same schedule as the full run, unlike a smaller max_steps)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 import torch
-from helpers import SMALL, assert_close_rel, float64_logits
+from helpers import SMALL, StopAfter, assert_close_rel, float64_logits
 from saved_models import save_tiny_model_folder
 from test_cli import assert_one_line_error, run_cli
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainingArguments
 
 pytest.importorskip("peft")
 
@@ -183,15 +183,6 @@ def test_train_saves_only_the_adapter_and_merges(tmp_path, base_folder, corpus_f
     assert_one_line_error(code, err, "is not a merged_lora export")
     code, _, err = run_cli(["merge-lora", run, tmp_path / "merged-cli", "--overwrite"], capsys)
     assert code == 0, err
-
-
-class StopAfter(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_resume_from_an_adapter_checkpoint_continues_exactly(tmp_path, base_folder, corpus_file):

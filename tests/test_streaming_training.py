@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import SMALL
-from transformers import TrainerCallback, TrainingArguments
+from helpers import SMALL, StopAfter
+from transformers import TrainingArguments
 
 from hf_scratch_gpt.data import iterate_texts, load_documents, train_bpe_tokenizer
 from hf_scratch_gpt.training.components import DataArguments, ModelArguments
@@ -36,15 +36,6 @@ def streaming_trainer_args(output_dir, corpus_file, tokenizer_dir, **overrides):
         "save_steps": 3, "report_to": "none", "disable_tqdm": True, "use_cpu": True, "seed": 0, **overrides,
     })  # fmt: skip
     return model_args, data_args, training_args
-
-
-class StopAfter(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_trainer_streams_and_resumes_to_the_same_losses(tmp_path, corpus_file, tokenizer_dir):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from helpers import SMALL
+from helpers import SMALL, StopAfter
 from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
 
 from hf_scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, causal_lm_loss
@@ -180,17 +180,6 @@ def test_plain_trainer_label_smoothing_uses_shifted_labels(tmp_path, accumulatio
     unshifted = smoothed_loss_by_hand(logits, labels, 0.1, shift=False)
     assert logged == pytest.approx(expected, abs=1e-5)
     assert abs(expected - unshifted) > 0.05  # what an unshifted smoother would have logged is far off
-
-
-class StopAfter(TrainerCallback):
-    """Interrupts training after optimizer step `step` (same schedule as the full run, unlike a smaller max_steps)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_resume_from_checkpoint_reaches_the_same_final_loss(tmp_path, corpus_file):
